@@ -1,0 +1,4 @@
+"""Shared fixtures. Each fixture family lives in its own module under tests/fixtures/ and is
+imported here so that every test module can use it."""
+
+from tests.fixtures.ray_runtime import ray_runtime  # noqa: F401
