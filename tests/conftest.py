@@ -2,3 +2,4 @@
 imported here so that every test module can use it."""
 
 from tests.fixtures.ray_runtime import ray_runtime  # noqa: F401
+from tests.fixtures.mlflow_server import mlflow_server  # noqa: F401

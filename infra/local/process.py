@@ -1,0 +1,143 @@
+"""Starting, probing and stopping the long-running server processes of the local stack.
+
+Every server is started in its own session (process group) with its output in a log file, so
+that stopping it reaches its whole process tree and nothing else on the machine: `ray stop`
+and `pkill` would also stop other people's Ray runtimes and servers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceStartError(RuntimeError):
+    """A server did not come up; the message names it and carries the end of its log."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def spawn(
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `command` detached in a new session, stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def log_tail(log_path: Path, lines: int = 30) -> str:
+    if not log_path.exists():
+        return f"(no log at {log_path})"
+    text = log_path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when `url` answers with a 2xx status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_for_http(
+    name: str,
+    url: str,
+    timeout_s: float,
+    pid: int | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Poll `url` until it answers 2xx; fail early if the server process `pid` has exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if http_ok(url):
+            return
+        if pid is not None and not pid_alive(pid):
+            raise ServiceStartError(
+                f"{name} exited before {url} answered."
+                + (f" Last lines of {log_path}:\n{log_tail(log_path)}" if log_path else "")
+            )
+        time.sleep(0.5)
+    raise ServiceStartError(
+        f"{name} did not answer at {url} within {timeout_s:.0f} s."
+        + (f" Last lines of {log_path}:\n{log_tail(log_path)}" if log_path else "")
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_tree(pid: int, grace_s: float = 10.0) -> None:
+    """Stop process `pid` and all its descendants: SIGTERM, then SIGKILL after `grace_s`.
+
+    A pid that no longer exists is not an error, so stopping twice is safe.
+    """
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in tree:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of this process so it does not stay a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
