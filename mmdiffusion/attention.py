@@ -1,0 +1,99 @@
+"""Self-attention and random-shift multi-modal attention (RS-MMA).
+
+RS-MMA lets each video frame attend to a window of S audio segments and each audio segment to
+a window of S video frames, the windows starting R steps ahead and wrapping around the clip.
+It is computed with one batched `scaled_dot_product_attention` per direction: the windows are
+gathered with an index tensor, so memory grows with (H·W) × (S·L/F) per frame rather than with
+(F·H·W) × L, and there is no Python loop over frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, zero_init
+
+
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[N, 3C, T]` laid out `[Q | K | V]`, each head-major, to three `[N, heads, T, d]`."""
+    return tuple(rearrange(part, "n (h d) t -> n h t d", h=heads) for part in qkv.chunk(3, dim=1))  # type: ignore[return-value]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the last axis of `[N, C, T]`, with a residual."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = GroupNorm32(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = split_heads(self.qkv(self.norm(x)), self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(rearrange(out, "n h t d -> n (h d) t"))
+
+
+def window_index(frames: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
+    """`[frames, window]` indices: row i holds the segments `(i + shift + k) mod frames`."""
+    offsets = torch.arange(frames, device=device)[:, None] + shift + torch.arange(window, device=device)[None, :]
+    return offsets % frames
+
+
+class RSMMA(nn.Module):
+    """Random-shift multi-modal attention between video `[B, C, F, H, W]` and audio `[B, C, L]`.
+
+    `shift` (R) is chosen by the caller (the U-Net draws it once per block per forward pass);
+    `random_shift` only records whether this block takes part in that draw.
+    """
+
+    def __init__(self, channels: int, head_channels: int, frames: int, window: int, random_shift: bool) -> None:
+        super().__init__()
+        if not 1 <= window <= frames:
+            raise ValueError(f"RS-MMA window {window} must lie in 1..{frames}")
+        self.heads = channels // head_channels
+        self.frames = frames
+        self.window = window
+        self.random_shift = random_shift
+        self.block_name = ""
+        self.v_norm = GroupNorm32(channels)
+        self.a_norm = GroupNorm32(channels)
+        self.v_qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.a_qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.video_proj_out = zero_init(Video3dConv(channels, channels))
+        self.audio_proj_out = zero_init(AudioConv(channels, channels))
+
+    @property
+    def max_shift(self) -> int:
+        return self.frames - self.window
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, channels, frames, height, width = video.shape
+        if frames != self.frames or audio.shape[-1] % frames:
+            raise ValueError(
+                f"RS-MMA {self.block_name or ''} expects {self.frames} frames and an audio length divisible by them, "
+                f"got video {tuple(video.shape)} and audio {tuple(audio.shape)}"
+            )
+        video_tokens = rearrange(self.v_norm(video), "b c f h w -> b c (f h w)")
+        vq, vk, vv = (
+            rearrange(t, "b h (f n) d -> b h f n d", f=frames) for t in split_heads(self.v_qkv(video_tokens), self.heads)
+        )
+        aq, ak, av = (
+            rearrange(t, "b h (f n) d -> b h f n d", f=frames)
+            for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads)
+        )
+        index = window_index(frames, self.window, shift, device=video.device)
+
+        def windowed(tokens: torch.Tensor) -> torch.Tensor:
+            # [B, h, F, n, d] -> [B, h, F, S·n, d]: the S segments each frame (or segment) sees.
+            return rearrange(tokens[:, :, index], "b h f s n d -> b h f (s n) d")
+
+        video_out = F.scaled_dot_product_attention(vq, windowed(ak), windowed(av))
+        audio_out = F.scaled_dot_product_attention(aq, windowed(vk), windowed(vv))
+        video_out = rearrange(video_out, "b h f (y x) d -> b (h d) f y x", y=height, x=width)
+        audio_out = rearrange(audio_out, "b h f n d -> b (h d) (f n)")
+        return video + self.video_proj_out(video_out), audio + self.audio_proj_out(audio_out)
