@@ -17,3 +17,7 @@ __all__ = [
     "load_reference_checkpoint",
     "save_model",
 ]
+
+from mmdiffusion.sr_unet import SuperResUNet, SuperResUNetConfig  # noqa: E402
+
+__all__ += ["SuperResUNet", "SuperResUNetConfig"]
