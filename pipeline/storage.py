@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+TEMPORARY_PREFIX = ".tmp-"
+"""Names starting with this are unfinished writes (see AtomicWriter)."""
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
@@ -57,7 +60,7 @@ class AtomicWriter:
     def __init__(self, uri: str) -> None:
         self.fs, self.path = resolve(uri)
         parent, name = self.path.rsplit("/", 1)
-        self.temporary_path = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        self.temporary_path = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}"
         self.stream: pafs.NativeFile | None = None
 
     def __enter__(self):

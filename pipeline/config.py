@@ -1,0 +1,74 @@
+"""The typed configuration of a preprocessing run (mirrors `mmdiff preprocess` flags) and its
+summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmdiffusion.constants import CLIP_SECONDS, FPS
+from pipeline.decode import ClipOptions
+from pipeline.frames import RESIZE_MODES, ResizeMode
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    input: str
+    """Folder, s3://bucket/prefix, or a .txt/.csv/.parquet list of URIs."""
+    output: str
+    """Folder or s3://bucket/prefix that receives shards/, manifest.parquet, errors.parquet, stats.json."""
+    workers: int | None = None
+    """Most decoding workers at once (one CPU each); None: every CPU of the Ray cluster."""
+    stride: float = CLIP_SECONDS
+    """Seconds between clip starts, a multiple of 1/FPS; the default gives non-overlapping clips."""
+    resize: ResizeMode = "pad"
+    sr_size: int | None = None
+    """Also store each clip's frames at this side (e.g. 256) for super-resolution training."""
+    max_clips_per_video: int | None = None
+    videos_per_shard: int = 32
+    """Sources decoded into one shard (one unit of resumable work)."""
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        frames = self.stride * FPS
+        if self.stride <= 0 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"stride must be a positive multiple of {1 / FPS:g} s, got {self.stride}")
+        for name in ("workers", "sr_size", "max_clips_per_video"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.videos_per_shard < 1:
+            raise ValueError(f"videos_per_shard must be at least 1, got {self.videos_per_shard}")
+
+    def clip_options(self) -> ClipOptions:
+        return ClipOptions(resize=self.resize, stride_frames=round(self.stride * FPS),
+                           max_clips=self.max_clips_per_video, sr_size=self.sr_size)
+
+
+@dataclass(frozen=True)
+class PreprocessStats:
+    """What one run did (also written to OUTPUT/stats.json)."""
+
+    inputs: int
+    """Sources found under the input."""
+    inputs_skipped: int
+    """Sources finished by an earlier run and not touched again."""
+    clips: int
+    """Clips written by this run."""
+    errors: int
+    """Sources of this run that gave an error (see errors.parquet)."""
+    shards: int
+    """Shards written by this run."""
+    bytes: int
+    """Bytes of the shards written by this run."""
+    seconds: float
+    clips_total: int
+    """Clips in the whole output (manifest.parquet), earlier runs included."""
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_clip(self) -> float:
+        return self.bytes / self.clips if self.clips else 0.0

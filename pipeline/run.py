@@ -1,0 +1,107 @@
+"""`preprocess(config)`: the streaming Ray Data job.
+
+listing (driver) -> units of `videos_per_shard` sources -> an autoscaling pool of decoding
+workers, each decoding its unit straight into one shard and recording it -> manifest,
+errors and stats rebuilt from every unit's record. Only the small records travel through
+Ray; clips stream from the decoder into the shard, so memory stays bounded per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+
+from pipeline.config import PreprocessConfig, PreprocessStats
+from pipeline.decode import ClipOptions
+from pipeline.listing import list_inputs
+from pipeline.outputs import write_outputs
+from pipeline.resume import plan_tasks, read_records, remove_unfinished
+from pipeline.task import ShardRecord, ShardTask, record_from_json, run_shard_task
+
+__all__ = ["PreprocessConfig", "PreprocessStats", "preprocess"]
+
+log = logging.getLogger(__name__)
+
+
+def storage_environment() -> dict[str, str]:
+    """The driver's AWS_* settings, handed to workers that may run in processes started
+    before they were set (a Ray runtime already up, or a remote cluster)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+
+class ShardWorker:
+    """A Ray Data actor: runs one unit per row and returns its record as JSON."""
+
+    def __init__(self, output_uri: str, options: ClipOptions, environment: dict[str, str]) -> None:
+        os.environ.update(environment)
+        self.output_uri = output_uri
+        self.options = options
+
+    def __call__(self, row: dict) -> dict:
+        task = ShardTask(**json.loads(row["task"]))
+        record = run_shard_task(task, self.output_uri, self.options)
+        return {"record": json.dumps(asdict(record))}
+
+
+def ensure_ray() -> None:
+    """Start a local Ray, or join RAY_ADDRESS's cluster, unless this process already did."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+
+
+def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRecord]:
+    import ray
+
+    ensure_ray()
+    workers = min(config.workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(tasks))
+    dataset = ray.data.from_items([{"task": json.dumps(asdict(task))} for task in tasks],
+                                  override_num_blocks=len(tasks))
+    records = dataset.map(
+        ShardWorker,
+        fn_constructor_kwargs={"output_uri": config.output, "options": config.clip_options(),
+                               "environment": storage_environment()},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
+        num_cpus=1,
+    )
+    finished = []
+    for row in records.iter_rows():
+        record = record_from_json(row["record"])
+        log.info("shard %06d: %d clips, %d errors, %.1f s", record.number, len(record.clips),
+                 len(record.errors), record.seconds)
+        finished.append(record)
+    return finished
+
+
+def preprocess(config: PreprocessConfig) -> PreprocessStats:
+    """Decode every unfinished source of `config.input` into shards under `config.output`.
+
+    Safe to rerun: finished sources are skipped, shards left by a crash before they were
+    recorded are removed and their sources redone, so each clip is written exactly once.
+    """
+    started = time.perf_counter()
+    inputs = list_inputs(config.input)
+    earlier = read_records(config.output)
+    for name in remove_unfinished(config.output, earlier):
+        log.warning("removed unfinished %s left by an interrupted run", name)
+    tasks = plan_tasks(inputs, earlier, config.videos_per_shard)
+    log.info("%d inputs, %d to decode in %d shards", len(inputs), sum(len(t.sources) for t in tasks), len(tasks))
+    new = run_tasks(tasks, config) if tasks else []
+    records = sorted(earlier + new, key=lambda record: record.number)
+    done_before = {source for record in earlier for source in record.sources}
+    stats = PreprocessStats(
+        inputs=len(inputs),
+        inputs_skipped=sum(uri in done_before for uri in inputs),
+        clips=sum(len(record.clips) for record in new),
+        errors=sum(len(record.errors) for record in new),
+        shards=sum(record.shard is not None for record in new),
+        bytes=sum(record.bytes for record in new),
+        seconds=round(time.perf_counter() - started, 3),
+        clips_total=sum(len(record.clips) for record in records),
+    )
+    write_outputs(config.output, records, stats)
+    return stats

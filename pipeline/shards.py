@@ -1,0 +1,63 @@
+"""WebDataset tar shards that appear under their final name only when complete."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+
+from pipeline.storage import AtomicWriter, join
+
+SHARD_FOLDER = "shards"
+_SHARD_NAME = re.compile(r"^shard-(\d{6})\.tar$")
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:06d}.tar"
+
+
+def shard_number(name: str) -> int | None:
+    """The number in a final shard name, None for anything else (temporaries included)."""
+    match = _SHARD_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def shard_uri(output_uri: str, number: int) -> str:
+    return join(output_uri, SHARD_FOLDER, shard_name(number))
+
+
+class ShardWriter:
+    """Streams samples into a tar; the shard exists only after a clean `close` with samples.
+
+    Each sample's members are written together and in a fixed order, so readers that group
+    members by key (webdataset, Ray's read_webdataset) see whole samples. Member times are
+    fixed so that rewriting the same clips gives the same bytes.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.samples = 0
+        self.bytes = 0
+        """Size of the finished shard file."""
+        self._target: AtomicWriter | None = None
+        self._tar: tarfile.TarFile | None = None
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if self._tar is None:
+            self._target = AtomicWriter(self.uri)
+            self._tar = tarfile.open(fileobj=self._target.__enter__(), mode="w|", format=tarfile.USTAR_FORMAT)
+        for suffix, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self.samples += 1
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self.bytes = self._target.stream.tell()
+        self._target.__exit__(error_type, error, traceback)

@@ -1,0 +1,92 @@
+"""One unit of work: decode a few sources into one shard, then record the unit as done.
+
+A unit is finished when its record `OUTPUT/_parts/shard-NNNNNN.json` exists. The record is
+written only after the shard was committed, and lists the unit's sources, its clips (the
+manifest rows) and the sources that gave errors, so a rerun skips finished sources exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from pipeline.decode import Clip, ClipOptions, open_source
+from pipeline.errors import MediaError, Reason
+from pipeline.samples import encode_sample, sample_key
+from pipeline.shards import SHARD_FOLDER, ShardWriter, shard_name, shard_uri
+from pipeline.storage import join, write_atomically
+
+PARTS_FOLDER = "_parts"
+
+
+def part_uri(output_uri: str, number: int) -> str:
+    return join(output_uri, PARTS_FOLDER, shard_name(number).replace(".tar", ".json"))
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    number: int
+    sources: list[str]
+
+
+@dataclass
+class ShardRecord:
+    """What one finished unit produced; stored as its part record."""
+
+    number: int
+    sources: list[str]
+    shard: str | None = None
+    """Shard path relative to the output, None when no source gave a clip."""
+    clips: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _decoding_failures_as_media_errors(clips: Iterator[Clip], uri: str) -> Iterator[Clip]:
+    """Any unexpected failure inside decoding becomes a decode_error of this source, so that
+    one strange file cannot fail the shard; failures while writing still propagate."""
+    try:
+        yield from clips
+    except MediaError:
+        raise
+    except Exception as error:
+        raise MediaError(Reason.DECODE_ERROR, uri, f"{type(error).__name__}: {error}") from error
+
+
+def _write_source(writer: ShardWriter, record: ShardRecord, uri: str, options: ClipOptions) -> None:
+    """Append the clips of `uri` to the shard, or its error to the record (never raise for bad media)."""
+    written = 0
+    try:
+        info, clips = open_source(uri, options)
+        for clip in _decoding_failures_as_media_errors(clips, uri):
+            key = sample_key(uri, clip.index)
+            writer.write(key, encode_sample(clip, info))
+            record.clips.append({"key": key, "shard": record.shard, "source": uri, "clip_index": clip.index,
+                                 "start_seconds": clip.start_seconds, "source_fps": info.fps,
+                                 "source_sample_rate": info.sample_rate})
+            written += 1
+    except MediaError as error:
+        record.errors.append({"uri": uri, "reason": error.reason.value, "message": str(error), "clips_written": written})
+
+
+def run_shard_task(task: ShardTask, output_uri: str, options: ClipOptions) -> ShardRecord:
+    """Decode the task's sources into its shard, commit it, then write the part record."""
+    started = time.perf_counter()
+    record = ShardRecord(number=task.number, sources=list(task.sources),
+                         shard=f"{SHARD_FOLDER}/{shard_name(task.number)}")
+    with ShardWriter(shard_uri(output_uri, task.number)) as writer:
+        for uri in task.sources:
+            _write_source(writer, record, uri, options)
+    if writer.samples == 0:
+        record.shard = None
+    record.bytes = writer.bytes
+    record.seconds = round(time.perf_counter() - started, 3)
+    write_atomically(part_uri(output_uri, task.number), json.dumps(asdict(record)).encode("utf-8"))
+    return record
+
+
+def record_from_json(data: bytes) -> ShardRecord:
+    return ShardRecord(**json.loads(data))
