@@ -113,34 +113,34 @@ class InceptionI3d(nn.Module):
 
     def __init__(self, num_classes: int = KINETICS_CLASSES) -> None:
         super().__init__()
-        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
-        self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
-        self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
+        trunk: list[tuple[str, nn.Module]] = [
+            ("Conv3d_1a_7x7", Unit3D(3, 64, (7, 7, 7), (2, 2, 2))),
+            ("MaxPool3d_2a_3x3", MaxPool3dSame((1, 3, 3), (1, 2, 2))),
+            ("Conv3d_2b_1x1", Unit3D(64, 64)),
+            ("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3))),
+            ("MaxPool3d_3a_3x3", MaxPool3dSame((1, 3, 3), (1, 2, 2))),
+        ]
         channels = 192
         for name, branch_channels in _INCEPTION_CHANNELS.items():
             module = InceptionModule(channels, branch_channels)
-            self.add_module(name, module)
+            trunk.append((name, module))
             channels = module.out_channels
             if name == "Mixed_3c":
-                self.MaxPool3d_4a_3x3 = MaxPool3dSame((3, 3, 3), (2, 2, 2))
+                trunk.append(("MaxPool3d_4a_3x3", MaxPool3dSame((3, 3, 3), (2, 2, 2))))
             elif name == "Mixed_4f":
-                self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
+                trunk.append(("MaxPool3d_5a_2x2", MaxPool3dSame((2, 2, 2), (2, 2, 2))))
+        for name, module in trunk:
+            self.add_module(name, module)
+        self.trunk_names = [name for name, _ in trunk]
         self.logits = Unit3D(channels, num_classes, logits=True)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """`video` [B, 3, T, 224, 224] in [-1, 1] → logits [B, classes] (T ≥ 9 for 224²)."""
         x = video
-        for module in self.children():
-            if module is self.logits:
-                break
-            x = module(x)
+        for name in self.trunk_names:
+            x = getattr(self, name)(x)
         x = F.avg_pool3d(x, kernel_size=(2, 7, 7), stride=1)
         return self.logits(x).squeeze(-1).squeeze(-1).mean(dim=2)
-
-    # Keep `children()` in the network's order: registration order is construction order,
-    # and the two late max pools are registered right after the Inception module they follow.
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

