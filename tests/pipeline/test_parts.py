@@ -1,0 +1,130 @@
+"""The plain functions of preprocessing, without Ray: listing, resizing, samples, shards, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SIZE
+from pipeline.decode import ClipOptions, load_clip, open_source
+from pipeline.frames import fit_square, scaled_size
+from pipeline.listing import list_inputs
+from pipeline.resume import plan_tasks, read_records, remove_unfinished
+from pipeline.samples import encode_sample, jpeg_strip_to_frames, sr_member_name
+from pipeline.shards import ShardWriter
+from pipeline.task import ShardTask, run_shard_task
+from tests.fixtures.media import MediaSet
+
+
+def test_listing_finds_videos_recursively_in_any_case(media_set: MediaSet) -> None:
+    found = list_inputs(str(media_set.folder))
+    assert str(media_set.folder / "notes.MP4") in found
+    assert str(media_set.bad["too_short"]) in found  # in a subfolder
+    assert len(found) == len(media_set.good) + len(media_set.bad)
+    assert found == sorted(found)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".parquet"])
+def test_list_files_give_their_uris(tmp_path: Path, media_set: MediaSet, suffix: str) -> None:
+    wanted = [str(path) for path in list(media_set.good.values())[:2]]
+    list_file = tmp_path / f"inputs{suffix}"
+    if suffix == ".txt":
+        list_file.write_text("# corpus\n" + "\n".join(wanted) + "\n\n")
+    elif suffix == ".csv":
+        list_file.write_text("uri,label\n" + "".join(f"{uri},x\n" for uri in wanted))
+    else:
+        pq.write_table(pa.table({"uri": wanted}), list_file)
+    assert list_inputs(str(list_file)) == sorted(wanted)
+
+
+def test_list_without_uri_column_and_missing_input_are_clear_errors(tmp_path: Path) -> None:
+    bad_list = tmp_path / "inputs.csv"
+    bad_list.write_text("path\n/a.mp4\n")
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        list_inputs(str(bad_list))
+    with pytest.raises(ValueError, match="does not exist"):
+        list_inputs(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("pad", (64, 36)), ("crop", (114, 64))])
+def test_resize_keeps_aspect_ratio(mode: str, expected: tuple[int, int]) -> None:
+    assert scaled_size(1920, 1080, 64, mode) == expected
+
+
+def test_fit_square_pads_short_side_and_crops_long_side() -> None:
+    wide = np.full((36, 64, 3), 200, dtype=np.uint8)
+    padded = fit_square(wide, 64)
+    assert padded.shape == (64, 64, 3) and not padded[:14].any() and padded[14:50].min() == 200
+    tall = np.arange(114 * 64 * 3, dtype=np.uint32).reshape(114, 64, 3).astype(np.uint8)
+    assert np.array_equal(fit_square(tall, 64), tall[25:89])
+
+
+def _first_sample(media_set: MediaSet, sr_size: int | None = None) -> dict[str, bytes]:
+    info, clips = open_source(str(media_set.good["pal_25fps_48k_51"]), ClipOptions(max_clips=1, sr_size=sr_size))
+    return encode_sample(next(clips), info)
+
+
+def test_sr_frames_are_a_compact_jpeg_close_to_the_original(media_set: MediaSet) -> None:
+    info, clips = open_source(str(media_set.good["pal_25fps_48k_51"]), ClipOptions(max_clips=1, sr_size=SR_IMAGE_SIZE))
+    clip = next(clips)
+    members = encode_sample(clip, info)
+    data = members[sr_member_name(SR_IMAGE_SIZE)]
+    decoded = jpeg_strip_to_frames(data, SR_IMAGE_SIZE)
+    assert decoded.shape == clip.video_sr.shape == (FRAMES, SR_IMAGE_SIZE, SR_IMAGE_SIZE, 3)
+    mse = np.mean((decoded.astype(np.float64) - clip.video_sr) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35
+    assert len(data) < clip.video_sr.nbytes / 10
+
+
+def test_shard_appears_only_when_complete(tmp_path: Path, media_set: MediaSet) -> None:
+    target = tmp_path / "shards" / "shard-000000.tar"
+    with pytest.raises(RuntimeError, match="crash"), ShardWriter(str(target)) as writer:
+        writer.write("a-00000", _first_sample(media_set))
+        raise RuntimeError("crash while writing")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_shard_reads_back_with_plain_webdataset(tmp_path: Path, media_set: MediaSet) -> None:
+    target = tmp_path / "shard-000000.tar"
+    sample = _first_sample(media_set)
+    with ShardWriter(str(target)) as writer:
+        writer.write("a-00000", sample)
+        writer.write("b-00000", sample)
+    assert writer.bytes == target.stat().st_size
+    read = list(wds.WebDataset(str(target), shardshuffle=False).decode())
+    assert [item["__key__"] for item in read] == ["a-00000", "b-00000"]
+    assert read[0]["video.npy"].shape == (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert read[0]["audio.npy"].shape == (1, AUDIO_SAMPLES) and read[0]["audio.npy"].dtype == np.int16
+    assert read[0]["json"]["start_seconds"] == 0.0
+
+
+def test_shard_task_records_bad_files_with_their_reason_and_keeps_good_clips(tmp_path: Path, media_set: MediaSet) -> None:
+    sources = [str(media_set.bad["no_audio"]), str(media_set.good["film_24fps_22k_mono"]), str(media_set.bad["unreadable"])]
+    record = run_shard_task(ShardTask(number=7, sources=sources), str(tmp_path), ClipOptions())
+    assert [error["reason"] for error in record.errors] == ["no_audio", "unreadable"]
+    assert all(error["uri"] in error["message"] for error in record.errors)
+    assert [clip["source"] for clip in record.clips] == [sources[1]] * 2
+    samples = list(wds.WebDataset(str(tmp_path / "shards" / "shard-000007.tar"), shardshuffle=False).decode())
+    assert [sample["__key__"] for sample in samples] == [clip["key"] for clip in record.clips]
+    video, audio = load_clip(sources[1], samples[1]["json"]["start_seconds"])
+    assert np.array_equal(samples[1]["video.npy"], video) and np.array_equal(samples[1]["audio.npy"], audio)
+    assert json.loads((tmp_path / "_parts" / "shard-000007.json").read_text())["sources"] == sources
+
+
+def test_resume_removes_unrecorded_shards_and_plans_only_unfinished_sources(tmp_path: Path, media_set: MediaSet) -> None:
+    sources = [str(path) for path in media_set.good.values()]
+    run_shard_task(ShardTask(number=0, sources=sources[:2]), str(tmp_path), ClipOptions(max_clips=1))
+    orphan = tmp_path / "shards" / "shard-000001.tar"
+    orphan.write_bytes(b"left by a crash before its record")
+    (tmp_path / "shards" / ".tmp-123-shard-000002.tar").write_bytes(b"half")
+    records = read_records(str(tmp_path))
+    assert sorted(remove_unfinished(str(tmp_path), records)) == [".tmp-123-shard-000002.tar", "shard-000001.tar"]
+    assert [path.name for path in (tmp_path / "shards").iterdir()] == ["shard-000000.tar"]
+    tasks = plan_tasks(sources, records, videos_per_shard=2)
+    assert tasks == [ShardTask(1, sources[2:4]), ShardTask(2, sources[4:])]
