@@ -1,0 +1,164 @@
+"""The typed configuration of a training run (the `mmdiff train` / `train-sr` flags).
+
+A YAML file may hold any subset of `TrainConfig`'s fields; flags given on the command line
+override it. The model architecture is a named preset (`paper`, `small`, `tiny`) plus
+`model_overrides`, so one file describes the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmdiffusion.config import CoupledUNetConfig
+from mmdiffusion.diffusion import DiffusionConfig
+from mmdiffusion.sr_unet import SuperResUNetConfig
+
+Task = Literal["coupled", "sr"]
+Precision = Literal["fp32", "bf16", "fp16"]
+MODEL_PRESETS = ("paper", "small", "tiny")
+
+
+@dataclass(frozen=True)
+class CrashDrill:
+    """Kill one worker process once, to rehearse recovery (`FailureConfig`).
+
+    The worker of rank `rank` calls `os._exit` right before step `step`, unless `marker`
+    exists; it creates `marker` first, so the restarted group runs on.
+    """
+
+    step: int
+    marker: str
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    """Preprocessing output (holding `shards/`) or the shard folder itself; local or s3://."""
+    output: str
+    """Storage root for checkpoints and run files (Ray's `storage_path`); local or s3://."""
+    task: Task = "coupled"
+    model: str = "tiny"
+    """Architecture preset: paper, small or tiny."""
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    diffusion_overrides: dict[str, Any] = field(default_factory=dict)
+    workers: int | tuple[int, int] = 1
+    """Number of workers, or (min, max) for elastic training."""
+    gpus: bool = False
+    steps: int = 1000
+    """Optimizer steps in total (a resumed run continues up to this count)."""
+    batch_size: int = 4
+    """Clips per worker per micro-batch."""
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    precision: Precision = "fp32"
+    ema_rate: float = 0.9999
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    shuffle_buffer: int = 64
+    flip: bool = True
+    sr_frames_per_clip: int = 1
+    """SR training: frames drawn from each clip per batch."""
+    seed: int = 0
+    run_name: str = "mmdiff-train"
+    experiment: str = "mmdiffusion"
+    register_as: str | None = None
+    init_from: str | None = None
+    """A released checkpoint (.pt/.pth/.safetensors state dict) or one of ours."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
+    max_failures: int = 3
+    max_nonfinite: int = 10
+    """Stop after this many consecutive steps with a NaN or infinite loss."""
+    crash_drill: CrashDrill | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task not in ("coupled", "sr"):
+            problems.append(f"task must be 'coupled' or 'sr', got {self.task!r}")
+        if self.model not in MODEL_PRESETS:
+            problems.append(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            problems.append(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "shuffle_buffer", "sr_frames_per_clip", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_rate < 1.0:
+            problems.append(f"ema_rate must lie in [0, 1), got {self.ema_rate}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        low, high = self.worker_range
+        if not 1 <= low <= high:
+            problems.append(f"workers must be N >= 1 or MIN:MAX with 1 <= MIN <= MAX, got {self.workers}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        self.model_config()  # raises on bad overrides
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        return (self.workers, self.workers) if isinstance(self.workers, int) else tuple(self.workers)
+
+    def model_config(self) -> CoupledUNetConfig | SuperResUNetConfig:
+        config_class = CoupledUNetConfig if self.task == "coupled" else SuperResUNetConfig
+        return config_class.named(self.model, **_tuples(self.model_overrides))
+
+    def diffusion_config(self) -> DiffusionConfig:
+        # The SR model predicts its variance too and trains on the hybrid loss.
+        return DiffusionConfig(**{"learn_sigma": self.task == "sr", **self.diffusion_overrides})
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields: {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("workers"), list):
+            values["workers"] = tuple(values["workers"])
+        if isinstance(values.get("crash_drill"), dict):
+            values["crash_drill"] = CrashDrill(**values["crash_drill"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The fields of a YAML config file, checked to be a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
+    return values
+
+
+def parse_workers(text: str) -> int | tuple[int, int]:
+    """`N` or `MIN:MAX`."""
+    try:
+        if ":" in text:
+            low, high = text.split(":", 1)
+            return int(low), int(high)
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--workers must be N or MIN:MAX, got {text!r}") from None
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives lists where the model configs hold tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}

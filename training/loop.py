@@ -1,0 +1,224 @@
+"""The per-worker training loop: Ray Train's `train_loop_per_worker`, also runnable in-process.
+
+`train_loop(loop_config)` is what `TorchTrainer` calls on every worker; passing a
+`LocalSession` runs the very same loop without Ray. It resumes from the session's latest
+checkpoint (model, EMA, optimizer, scaler, step, data position, MLflow run id), else starts
+from `init_from` or from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmdiffusion.checkpoint import load_checked_state_dict, load_reference_checkpoint, read_metadata
+from training.config import CrashDrill, TrainConfig
+from training.ema import EMA
+from training.loader import ClipLoader, DataPosition
+from training.metrics import IntervalMetrics, all_workers_agree
+from training.session import RaySession, Session
+from training.state import EMA_FILE, RunState, read_position, read_state, restore_weights, write_checkpoint
+from training.tasks import Task, make_task
+from training.tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loop_config(config: TrainConfig, shards: list[str], run_id: str, tracking_uri: str) -> dict[str, Any]:
+    """The plain dict `train_loop` receives (what Ray ships to every worker)."""
+    return {"config": config.to_dict(), "shards": shards, "run_id": run_id, "tracking_uri": tracking_uri}
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    step: int
+    nonfinite_stop: bool
+    """The run stopped after `max_nonfinite` consecutive NaN or infinite losses."""
+    metrics: dict[str, float]
+
+
+def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> LoopOutcome:
+    config = TrainConfig.from_dict(loop_inputs["config"])
+    session = session or RaySession()
+    torch.manual_seed(config.seed)  # the same initial weights on every worker
+    task = make_task(config)
+    model = task.build_model()
+    with session.latest_checkpoint() as folder:
+        if folder is None and config.init_from:
+            initialise_from(model, config.init_from)
+        ema = EMA(model, config.ema_rate)
+        if folder is None:
+            state = RunState(step=0, mlflow_run_id=loop_inputs["run_id"], world_size=session.world_size)
+            position = DataPosition()
+            resumed_from = None
+        else:
+            state = read_state(folder)
+            position = read_position(folder, session.rank, session.world_size, state)
+            resumed_from = state.step
+        prepared = session.prepare(model)
+        ema.model.to(session.device)
+        optimizer = torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16")
+        if folder is not None:
+            restore_weights(folder, model, ema, optimizer, scaler)
+    # Different noise and timesteps on each worker, and after each resume.
+    torch.manual_seed(config.seed + 1000 * state.step + session.rank + 1)
+    loader = ClipLoader(
+        loop_inputs["shards"], task.sample_spec(), batch_size=config.batch_size, rank=session.rank,
+        world_size=session.world_size, shuffle_buffer=config.shuffle_buffer, flip=config.flip, seed=config.seed,
+        position=position,
+    )
+    logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
+    finished = False
+    try:
+        if resumed_from is not None:
+            logger.log({"resumed_from_step": float(resumed_from)}, step=resumed_from)
+        outcome = _run_steps(config, session, task, prepared, model, ema, optimizer, scaler, loader, logger, state)
+        finished = not outcome.nonfinite_stop
+        return outcome
+    finally:
+        logger.close(finished)
+
+
+def _run_steps(
+    config: TrainConfig,
+    session: Session,
+    task: Task,
+    prepared: nn.Module,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader: ClipLoader,
+    logger: MetricLogger,
+    state: RunState,
+) -> LoopOutcome:
+    batches = iter(loader)
+    interval = IntervalMetrics(task.loss_names, session.device)
+    step, nonfinite, consecutive = state.step, state.nonfinite_steps, 0
+    metrics: dict[str, float] = {"step": float(step)}
+    prepared.train()
+    while step < config.steps:
+        crash_if_drilled(config.crash_drill, session.rank, step + 1)
+        grad_norm = _train_step(config, session, task, prepared, optimizer, scaler, batches, interval)
+        if grad_norm is None:
+            nonfinite += 1
+            consecutive += 1
+            log.warning("step %d: non-finite loss or gradient, skipped (%d in a row)", step + 1, consecutive)
+            if consecutive >= config.max_nonfinite:
+                metrics = {"step": float(step), "nonfinite_steps": float(nonfinite)}
+                logger.log(metrics, step=step)
+                logger.stop(f"{consecutive} consecutive steps after step {step} had a NaN or infinite loss or gradient")
+                session.report(metrics, None, step)
+                return LoopOutcome(step, True, metrics)
+            continue
+        consecutive = 0
+        step += 1
+        ema.update(model)
+        if math.isfinite(grad_norm):
+            interval.add_grad_norm(grad_norm)
+        last = step == config.steps
+        if step % config.log_every == 0 or last:
+            metrics = {
+                **interval.summary(), "step": float(step), "lr": optimizer.param_groups[0]["lr"],
+                "nonfinite_steps": float(nonfinite), "corrupt_samples": float(loader.counters.corrupt_samples),
+                "epoch": float(loader.position.epoch),
+            }
+            logger.log(metrics, step=step)
+        if step % config.checkpoint_every == 0 or last:
+            run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, loader.counters.corrupt_samples)
+            with tempfile.TemporaryDirectory(prefix="mmdiff-ckpt-") as staging:
+                write_checkpoint(
+                    Path(staging), rank=session.rank, state=run_state, position=loader.position, model=model, ema=ema,
+                    optimizer=optimizer, scaler=scaler,
+                )
+                session.report(metrics, Path(staging), step)
+    if state.step >= config.steps:  # nothing left to do: still report once, as every attempt must
+        session.report(metrics, None, step)
+    return LoopOutcome(step, False, metrics)
+
+
+def _train_step(
+    config: TrainConfig,
+    session: Session,
+    task: Task,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches,
+    interval: IntervalMetrics,
+) -> float | None:
+    """One optimizer step over `grad_accum` micro-batches; the gradient norm, or None when the
+    step was skipped because a loss or the gradient was not finite on some worker."""
+    optimizer.zero_grad(set_to_none=True)
+    autocast = torch.autocast(
+        session.device.type, dtype=AUTOCAST_DTYPES.get(config.precision), enabled=config.precision != "fp32"
+    )
+    for micro in range(config.grad_accum):
+        batch = {name: tensor.to(session.device, non_blocking=True) for name, tensor in next(batches).items()}
+        # DDP all-reduces gradients on the last micro-batch only.
+        last = micro == config.grad_accum - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast:
+                losses, t = task.losses(model, batch)
+            loss = losses["loss"].float().mean()
+            if not all_workers_agree(bool(torch.isfinite(loss)), session.device):
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            scaler.scale(loss / config.grad_accum).backward()
+        interval.add(losses, task.diffusion.quartile(t), config.batch_size)
+    scaler.unscale_(optimizer)
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm) and not scaler.is_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    scaler.step(optimizer)  # with fp16, skips the update itself when gradients overflowed
+    scaler.update()
+    return grad_norm
+
+
+def crash_if_drilled(drill: CrashDrill | None, rank: int, step: int) -> None:
+    """Kill this worker process (no cleanup, like a lost node) the first time the drill says so."""
+    if drill is None or drill.rank != rank or drill.step != step:
+        return
+    marker = Path(drill.marker)
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {rank} killed before step {step}\n")
+    log.warning("crash drill: killing rank %d before step %d", rank, step)
+    os._exit(1)
+
+
+def initialise_from(model: nn.Module, uri: str) -> None:
+    """Load starting weights: a released checkpoint file, or one of ours (a safetensors file, a
+    checkpoint folder of a run, whose EMA weights are taken, or an MLflow model URI)."""
+    path = Path(uri)
+    if path.is_dir() and (path / EMA_FILE).is_file():
+        path = path / EMA_FILE
+    if path.is_file() and not _is_ours(path):
+        source = load_reference_checkpoint(path, model.config)
+    else:
+        from training.model_store import load_model
+
+        source = load_model(str(path) if path.is_file() else uri)
+    load_checked_state_dict(model, source.state_dict(), source=uri)
+
+
+def _is_ours(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    return "mmdiffusion_kind" in read_metadata(path)

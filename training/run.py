@@ -1,0 +1,164 @@
+"""Programmatic entry points: `train(config)` and `train_sr(config)` run a whole training run.
+
+The driver checks the data before any worker starts, opens (or finds again) the MLflow run,
+runs `training.loop.train_loop` on a Ray Train `TorchTrainer` (or in-process without Ray), and
+finishes the run: it logs the final EMA model, registers it, and attaches the loss curve.
+Rerunning with the same `output` and `run_name` resumes from the latest checkpoint and
+continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.storage import is_remote, join, resolve, write_atomically
+from training.config import TrainConfig
+from training.loop import loop_config, train_loop
+from training.plots import plot_loss_curves
+from training.session import LocalSession
+from training.shards import list_shards
+from training.state import EMA_FILE
+from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take_stop_reason
+
+log = logging.getLogger(__name__)
+
+LOSS_CURVE_FILE = "loss_curve.png"
+FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_",)
+"""Settings the workers need to reach object storage, forwarded from the driver (workers may
+run in processes started before they were set, or on other nodes)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The run stopped after too many consecutive steps with a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_name: str
+    mlflow_run_id: str
+    step: int
+    metrics: dict[str, float]
+    checkpoint: str
+    """URI of the final checkpoint folder."""
+    model_uri: str
+    """MLflow URI of the logged EMA model."""
+    registered_version: str | None
+    loss_curve: str
+    """URI of the loss-curve PNG under the output folder."""
+
+
+def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
+    """Train (or resume) the run `config` describes; `in_process` runs one worker without Ray."""
+    shards = list_shards(config.data)  # a missing path or no shards fails here, before any worker
+    _check_init_from(config.init_from)
+    tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    run_id = open_run(config, tracking_uri, len(shards))
+    take_stop_reason(tracking_uri, run_id)  # a stop of an earlier attempt is history now
+    inputs = loop_config(config, shards, run_id, tracking_uri)
+    if in_process:
+        if is_remote(config.output):
+            raise ValueError(f"in-process training keeps checkpoints in a local folder, not {config.output!r}")
+        session = LocalSession(Path(config.output) / config.run_name, keep=config.keep_checkpoints)
+        metrics, checkpoints = train_loop(inputs, session).metrics, session.checkpoints()
+        checkpoint_uri = str(checkpoints[-1]) if checkpoints else None
+    else:
+        metrics, checkpoint_uri = _fit_on_ray(config, inputs)
+    stop_reason = take_stop_reason(tracking_uri, run_id)
+    if stop_reason:
+        raise NonFiniteLossError(
+            f"run {config.run_name!r} stopped: {stop_reason}; the checkpoints up to the last good step are intact "
+            f"(latest: {checkpoint_uri})"
+        )
+    if checkpoint_uri is None:
+        raise RuntimeError(f"run {config.run_name!r} ended without a checkpoint")
+    return _finish(config, run_id, tracking_uri, checkpoint_uri, metrics)
+
+
+def train_sr(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
+    """Train the super-resolution U-Net (the same infrastructure, the SR task)."""
+    return train(config.replace(task="sr"), in_process=in_process)
+
+
+def _check_init_from(uri: str | None) -> None:
+    if uri and "://" not in uri and ":/" not in uri and not Path(uri).exists():
+        raise FileNotFoundError(f"--init-from {uri!r} does not exist")
+
+
+def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()  # a local Ray, or the cluster at RAY_ADDRESS
+    environment = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENVIRONMENT_PREFIXES)}
+    filesystem, storage_path = resolve(config.output)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=inputs,
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem if is_remote(config.output) else None,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            worker_runtime_env={"env_vars": environment} if environment else None,
+        ),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        return dict(result.metrics or {}), None
+    uri = f"s3://{checkpoint.path}" if is_remote(config.output) else checkpoint.path
+    return dict(result.metrics or {}), uri
+
+
+def _finish(config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri: str, metrics: dict[str, float]) -> TrainResult:
+    """Log the final EMA model (registered under `register_as`) and the loss curve."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mmdiffusion.checkpoint import load_model
+    from training.model_store import log_model
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mmdiff-finish-") as staging:
+        ema_file = _fetch(join(checkpoint_uri, EMA_FILE), Path(staging) / EMA_FILE)
+        with mlflow.start_run(run_id=run_id):
+            model_uri = log_model(load_model(ema_file), registered_model_name=config.register_as)
+            histories = {
+                name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)] for name in LOSS_METRICS
+            }
+            curve = plot_loss_curves(
+                {name: points for name, points in histories.items() if points},
+                Path(staging) / LOSS_CURVE_FILE,
+                title=f"{config.run_name} ({config.task}, {config.model})",
+            )
+            mlflow.log_artifact(str(curve))
+        loss_curve_uri = join(config.output, config.run_name, LOSS_CURVE_FILE)
+        write_atomically(loss_curve_uri, curve.read_bytes())
+    version = None
+    if config.register_as:
+        versions = client.search_model_versions(f"name='{config.register_as}' and run_id='{run_id}'")
+        version = str(max(int(v.version) for v in versions)) if versions else None
+    return TrainResult(
+        run_name=config.run_name, mlflow_run_id=run_id, step=int(metrics.get("step", 0)), metrics=metrics,
+        checkpoint=checkpoint_uri, model_uri=model_uri, registered_version=version, loss_curve=loss_curve_uri,
+    )
+
+
+def _fetch(uri: str, local: Path) -> Path:
+    """A local copy of the file at `uri` (local paths are used where they are)."""
+    if not is_remote(uri):
+        return Path(uri)
+    filesystem, path = resolve(uri)
+    with filesystem.open_input_stream(path) as stream:
+        local.write_bytes(stream.read())
+    return local
