@@ -267,8 +267,8 @@ def iter_clips(container: av.container.InputContainer, uri: str, options: ClipOp
     """Clips of an open container, streaming. Raises MediaError for missing streams, decode
     failures and files without one full clip."""
     video_stream, audio_stream = _chosen_streams(container, uri, options.require_video)
-    if video_stream is not None:
-        video_stream.thread_type = "AUTO"
+    if video_stream is not None:  # one worker is one core: parallelism comes from workers
+        video_stream.codec_context.thread_count = 1
     origin = (container.start_time or 0) / av.time_base + options.start_seconds
     cutter = ClipCutter(options, with_video=video_stream is not None)
     grid = VideoGrid(_grid_converter(options))

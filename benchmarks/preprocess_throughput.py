@@ -1,0 +1,137 @@
+"""Preprocessing throughput: `pipeline.run.preprocess` with 1 and 2 workers against the floor
+of decoding the same files with the ffmpeg CLI to the same outputs (10 fps 64x64 rgb24 video
+and 16 kHz mono s16le audio, both to /dev/null).
+
+The corpus is synthetic but shaped like web video: 640x360 H.264 at 30 fps with a textured,
+moving picture, AAC 44.1 kHz stereo; it is generated once into --workdir. The ffmpeg floor is
+the faster of (a) files one after another with ffmpeg's own threading and (b) two ffmpeg
+processes side by side with one thread each. Needs the `ffmpeg` binary on PATH
+(Debian: apt-get install ffmpeg).
+
+    .venv/bin/python -m benchmarks.preprocess_throughput [--videos 16] [--seconds 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from mmdiffusion.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
+from pipeline.run import PreprocessConfig, preprocess
+
+WIDTH, HEIGHT, SOURCE_FPS, SOURCE_RATE = 640, 360, 30, 44_100
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour field twice the frame size, to scroll across the frame."""
+    coarse = rng.integers(0, 256, size=(HEIGHT // 8, WIDTH // 4, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(coarse, 16, axis=0), 8, axis=1)
+
+
+def write_corpus_video(path: Path, seconds: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    texture = _texture(rng)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=SOURCE_FPS)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "23"}
+        audio = container.add_stream("aac", rate=SOURCE_RATE, layout="stereo")
+        frames = int(seconds * SOURCE_FPS)
+        samples_per_frame = SOURCE_RATE // SOURCE_FPS
+        for index in range(frames):
+            y, x = (index * 2) % HEIGHT, (index * 3) % WIDTH
+            noise = rng.integers(0, 12, size=(HEIGHT, WIDTH, 1), dtype=np.uint8)
+            image = texture[y: y + HEIGHT, x: x + WIDTH] + noise
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, SOURCE_FPS)
+            for packet in video.encode(frame):
+                container.mux(packet)
+            tone = np.sin(2 * np.pi * 440 * (index * samples_per_frame + np.arange(samples_per_frame)) / SOURCE_RATE)
+            chunk = np.stack([tone, tone]).astype(np.float32) * 0.3
+            sound = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            sound.sample_rate, sound.pts = SOURCE_RATE, index * samples_per_frame
+            for packet in audio.encode(sound):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                container.mux(packet)
+
+
+def build_corpus(folder: Path, videos: int, seconds: float) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"video{index:03d}.mp4" for index in range(videos)]
+    for index, path in enumerate(paths):
+        if not path.exists():
+            write_corpus_video(path, seconds, seed=index)
+    return paths
+
+
+def ffmpeg_command(path: Path, threads: int | None) -> list[str]:
+    thread_flags = ["-threads", str(threads)] if threads else []
+    return [
+        "ffmpeg", "-nostdin", "-v", "error", *thread_flags, "-i", str(path),
+        "-map", "0:v:0", "-vf", f"fps={FPS},scale={IMAGE_SIZE}:{IMAGE_SIZE}", "-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null",
+        "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-y", "/dev/null",
+    ]
+
+
+def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(processes) as pool:
+        list(pool.map(lambda path: subprocess.run(ffmpeg_command(path, threads), check=True), paths))
+    return time.perf_counter() - started
+
+
+def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
+    seconds = time.perf_counter() - started
+    return {"workers": workers, "clips": stats.clips, "seconds": round(seconds, 2),
+            "clips_per_second": round(stats.clips / seconds, 2), "bytes_per_clip": round(stats.bytes_per_clip)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=16.0)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmdiff-preprocess-bench")
+    args = parser.parse_args(argv)
+    if shutil.which("ffmpeg") is None:
+        raise SystemExit("the ffmpeg CLI is needed for the floor (Debian: apt-get install ffmpeg)")
+    import ray
+
+    corpus = args.workdir / f"corpus-{args.videos}x{args.seconds:g}s"
+    paths = build_corpus(corpus, args.videos, args.seconds)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    time_preprocess(corpus, args.workdir / "warmup", 2)  # actor code and imports warm in the object store
+    runs = [time_preprocess(corpus, args.workdir / f"out-{workers}", workers) for workers in (1, 2)]
+    ray.shutdown()
+    clips = runs[0]["clips"]
+    floor_sequential = time_ffmpeg(paths, processes=1, threads=None)
+    floor_parallel = time_ffmpeg(paths, processes=2, threads=1)
+    floor_seconds = min(floor_sequential, floor_parallel)
+    result = {
+        "corpus": {"videos": args.videos, "seconds_each": args.seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": SOURCE_FPS},
+        "ffmpeg_floor": {"sequential_threaded_s": round(floor_sequential, 2), "two_processes_s": round(floor_parallel, 2),
+                         "clips_per_second": round(clips / floor_seconds, 2)},
+        "preprocess": runs,
+        "ratio_2_workers_to_floor": round(runs[1]["clips_per_second"] / (clips / floor_seconds), 2),
+        "speedup_1_to_2_workers": round(runs[1]["clips_per_second"] / runs[0]["clips_per_second"], 2),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
