@@ -1,0 +1,257 @@
+"""`mmdiff sample`: draw audio-video clips (jointly, or one modality given the other) and write
+them as mp4 with sound, a PNG contact sheet and a PNG of the waveform and spectrogram.
+
+`run_sampling(SampleConfig(...))` does the same in-process and returns the written files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmdiffusion import checkpoint, media
+from mmdiffusion.config import CoupledUNetConfig
+from mmdiffusion.constants import FRAMES, IMAGE_SIZE
+from mmdiffusion.diffusion import GaussianDiffusion
+from mmdiffusion.sampling import (
+    DEFAULT_STEPS,
+    SAMPLERS,
+    SR_SAMPLER,
+    SamplerConfig,
+    ZeroShotCondition,
+    clip_shapes,
+    sample_joint,
+    super_res_diffusion,
+    upsample_video,
+)
+from mmdiffusion.sampling.conditioning import METHODS
+from mmdiffusion.sr_unet import SuperResUNetConfig
+
+RELEASED_SUFFIXES = (".pt", ".pth")
+"""Released checkpoints are PyTorch state dicts; ours are safetensors or MLflow models."""
+DEFAULT_GUIDANCE = 1.0
+"""λ of the gradient method when none is given."""
+NETWORK_CONFIGS: dict[str, type] = {"coupled_unet": CoupledUNetConfig, "sr_unet": SuperResUNetConfig}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What to sample and where to write it. Paths and URIs as on the command line."""
+
+    model: str
+    output: Path
+    num: int = 1
+    sampler: str = "dpm-solver++"
+    steps: int | None = None
+    eta: float = 0.0
+    seed: int = 0
+    batch_size: int = 4
+    """Samples per network batch."""
+    config: str = "paper"
+    """Named `CoupledUNetConfig` of a released `.pt` base checkpoint."""
+    sr_model: str | None = None
+    sr_config: str = "paper"
+    """Named `SuperResUNetConfig` of a released `.pt` SR checkpoint."""
+    sr_steps: int = SR_SAMPLER.num_steps
+    sr_batch_size: int = 16
+    """Frames per SR network batch."""
+    condition_audio: str | None = None
+    condition_video: str | None = None
+    method: str | None = None
+    """Zero-shot method with a condition (None: replacement)."""
+    guidance: float | None = None
+    """λ of the gradient method (default `DEFAULT_GUIDANCE`)."""
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("num", "batch_size", "sr_steps", "sr_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.condition_audio and self.condition_video:
+            problems.append("give --condition-audio or --condition-video, not both")
+        if self.method is not None and self.method not in METHODS:
+            problems.append(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method is not None and self.condition is None:
+            problems.append("--method needs --condition-audio or --condition-video")
+        if self.guidance is not None and self.method != "gradient":
+            problems.append("--guidance applies to --method gradient only")
+        if self.guidance is not None and self.guidance < 0:
+            problems.append(f"--guidance must be >= 0, got {self.guidance}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        SamplerConfig(self.sampler, self.steps, self.eta)  # raises on a bad sampler, steps or eta
+
+    @property
+    def condition(self) -> tuple[str, str] | None:
+        """(modality, file) of the condition, if any."""
+        if self.condition_audio:
+            return "audio", self.condition_audio
+        if self.condition_video:
+            return "video", self.condition_video
+        return None
+
+
+# ---------------------------------------------------------------------- loading
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a torch device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def load_network(uri: str, kind: str, config_name: str, device: torch.device) -> nn.Module:
+    """A model of `kind` ("coupled_unet" or "sr_unet") from our checkpoint file or an MLflow
+    model URI, or from a released `.pt` state dict with a named config."""
+    if uri.endswith(RELEASED_SUFFIXES):
+        model = checkpoint.load_reference_checkpoint(uri, NETWORK_CONFIGS[kind].named(config_name))
+    else:
+        if ":/" not in uri and not Path(uri).exists():
+            raise FileNotFoundError(f"model {uri!r}: no such file, and not a runs:/ or models:/ URI")
+        try:
+            from training.model_store import load_model
+        except ImportError:  # the library alone: our safetensors checkpoints only
+            load_model = checkpoint.load_model
+        model = load_model(uri, device=str(device))
+    expected = checkpoint.MODEL_KINDS[kind][1]
+    if type(model).__name__ != expected:
+        raise ValueError(f"model {uri!r} is a {type(model).__name__}, expected a {expected}")
+    return model.to(device).eval()
+
+
+def load_condition(modality: str, path: str, model_config: CoupledUNetConfig, num: int) -> torch.Tensor:
+    """The condition clip of `path`, decoded as preprocessing decodes, in the model's layout and
+    range, repeated for `num` samples."""
+    from pipeline.decode import load_clip
+
+    video, audio = load_clip(path, require_video=modality == "video")
+    value = media.video_from_uint8(video) if modality == "video" else media.audio_from_int16(audio)
+    expected = clip_shapes(model_config, 1)[modality][1:]
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{path}: the decoded {modality} is {list(value.shape)}, the model takes {list(expected)}")
+    return value.unsqueeze(0).expand(num, *value.shape).contiguous()
+
+
+# ---------------------------------------------------------------------- sampling
+def run_sampling(config: SampleConfig) -> list[Path]:
+    """Sample `config.num` clips and write their files; returns every written path in order."""
+    device = resolve_device(config.device)
+    model = load_network(config.model, "coupled_unet", config.config, device)
+    sr_model = load_network(config.sr_model, "sr_unet", config.sr_config, device) if config.sr_model else None
+    condition_value = None
+    if config.condition is not None:
+        modality, path = config.condition
+        condition_value = load_condition(modality, path, model.config, config.num)
+    guidance = config.guidance if config.guidance is not None else DEFAULT_GUIDANCE
+
+    generator = torch.Generator().manual_seed(config.seed)
+    condition_generator = torch.Generator().manual_seed(config.seed + 1)
+    model.shift_generator = torch.Generator().manual_seed(config.seed + 2)
+    diffusion = GaussianDiffusion()
+    sampler = SamplerConfig(config.sampler, config.steps, config.eta)
+    written: list[Path] = []
+    for start in range(0, config.num, config.batch_size):
+        batch = min(config.batch_size, config.num - start)
+        condition = None
+        if condition_value is not None:
+            method = config.method or "replacement"
+            condition = ZeroShotCondition(modality, condition_value[start:start + batch].to(device), method,
+                                          guidance if method == "gradient" else 0.0, condition_generator)  # fmt: skip
+        video, audio = sample_joint(model, diffusion, sampler, clip_shapes(model.config, batch), condition=condition,
+                                    generator=generator, device=device, progress=config.progress)  # fmt: skip
+        video_sr = None
+        if sr_model is not None:
+            video_sr = upsample_video(sr_model, super_res_diffusion(sr_model.config), video, sr_model.config.image_size,
+                                      sampler=replace(SR_SAMPLER, steps=config.sr_steps), batch_size=config.sr_batch_size,
+                                      generator=generator, device=device, progress=config.progress)  # fmt: skip
+        for offset in range(batch):
+            written += write_sample(config.output, start + offset, video[offset], audio[offset],
+                                    None if video_sr is None else video_sr[offset])  # fmt: skip
+    return written
+
+
+def write_sample(
+    output: Path, index: int, video: torch.Tensor, audio: torch.Tensor, video_sr: torch.Tensor | None
+) -> list[Path]:
+    """`sample_NNN.mp4` (base size), `sample_NNN_<size>.mp4` with SR, `sample_NNN_frames.png`
+    (the largest frames) and `sample_NNN_audio.png`."""
+    stem = Path(output) / f"sample_{index:03d}"
+    frames = media.video_to_uint8(video)
+    sound = media.audio_to_int16(audio)
+    paths = [media.write_mp4(stem.with_suffix(".mp4"), frames, sound)]
+    if video_sr is not None:
+        frames = media.video_to_uint8(video_sr)
+        paths.append(media.write_mp4(stem.with_name(f"{stem.name}_{frames.shape[1]}.mp4"), frames, sound))
+    paths.append(media.write_contact_sheet(stem.with_name(f"{stem.name}_frames.png"), frames))
+    paths.append(media.write_audio_plot(stem.with_name(f"{stem.name}_audio.png"), sound))
+    return paths
+
+
+# ---------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmdiff sample",
+        description=f"Sample {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} audio-video clips (optionally upsampled) "
+        "and write mp4 + PNG previews.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="our checkpoint (.safetensors), an MLflow model URI (runs:/..., models:/NAME@ALIAS) "
+                        "or a released .pt checkpoint (with --config)")  # fmt: skip
+    parser.add_argument("--config", default="paper", help="named config of a released .pt base model (default: paper)")
+    parser.add_argument("--sr-model", default=None, help="super-resolution model, same forms as --model")
+    parser.add_argument("--sr-config", default="paper", help="named config of a released .pt SR model (default: paper)")
+    parser.add_argument("--sr-steps", type=int, default=SR_SAMPLER.num_steps, help="DDIM steps of the SR model")
+    parser.add_argument("--num", type=int, default=1, help="number of clips")
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per network batch")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="dpm-solver++")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps = network evaluations (default: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")  # fmt: skip
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, type=Path, help="folder for the mp4 and PNG files")
+    condition = parser.add_mutually_exclusive_group()
+    condition.add_argument("--condition-audio", default=None, metavar="FILE",
+                           help="generate video for this audio (any file with an audio stream)")  # fmt: skip
+    condition.add_argument("--condition-video", default=None, metavar="FILE",
+                           help="generate audio for this video (a file with a video stream)")  # fmt: skip
+    parser.add_argument("--method", choices=METHODS, default=None, help="zero-shot conditioning method (default: replacement)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"lambda of --method gradient (default {DEFAULT_GUIDANCE})")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = SampleConfig(
+            model=args.model, output=args.output, num=args.num, sampler=args.sampler, steps=args.steps,
+            eta=args.eta, seed=args.seed, batch_size=args.batch_size, config=args.config, sr_model=args.sr_model,
+            sr_config=args.sr_config, sr_steps=args.sr_steps, condition_audio=args.condition_audio,
+            condition_video=args.condition_video, method=args.method, guidance=args.guidance, device=args.device,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        paths = run_sampling(config)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"mmdiff sample: error: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

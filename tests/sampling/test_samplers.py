@@ -1,0 +1,99 @@
+"""Each sampler on an exact ε-predictor for Gaussian data lands on the data distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import ks_2samp
+
+from mmdiffusion.diffusion import GaussianDiffusion
+from mmdiffusion.sampling import ModalitySampler, SamplerConfig, sample_joint
+from tests.sampling.analytic import AnalyticJointDenoiser
+
+MU_VIDEO, MU_AUDIO, SIGMA = 0.3, -0.2, 0.5
+SHAPES = {"video": (256, 2, 1, 2, 2), "audio": (256, 1, 8)}  # 2048 values per modality
+TOLERANCE = 0.035  # 3σ of a mean / std estimate from 2048 values is ~0.033 / 0.023
+
+
+@pytest.fixture(scope="module")
+def diffusion() -> GaussianDiffusion:
+    return GaussianDiffusion()
+
+
+def draw(diffusion: GaussianDiffusion, sampler: SamplerConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    model = AnalyticJointDenoiser(diffusion, MU_VIDEO, MU_AUDIO, SIGMA)
+    video, audio = sample_joint(model, diffusion, sampler, SHAPES, generator=torch.Generator().manual_seed(seed))
+    return video, audio, model.calls
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        SamplerConfig("ddpm", clip_denoised=False),
+        SamplerConfig("ddim", 200, clip_denoised=False),
+        SamplerConfig("ddim", 1000, eta=1.0, clip_denoised=False),
+        SamplerConfig("dpm-solver++", 20, clip_denoised=False),
+        SamplerConfig("dpm-solver++", 10, clip_denoised=False),
+    ],
+    ids=lambda s: f"{s.name}-{s.num_steps}-eta{s.eta}",
+)
+def test_sampler_draws_the_gaussian_data_distribution_with_one_network_call_per_step(diffusion, sampler):
+    video, audio, calls = draw(diffusion, sampler)
+    assert calls == sampler.num_steps
+    for values, mu in ((video, MU_VIDEO), (audio, MU_AUDIO)):
+        assert values.mean().item() == pytest.approx(mu, abs=TOLERANCE)
+        assert values.std().item() == pytest.approx(SIGMA, abs=TOLERANCE)
+
+
+def test_dpm_solver_in_20_steps_matches_the_1000_step_ddpm_distribution(diffusion):
+    ddpm_video, ddpm_audio, _ = draw(diffusion, SamplerConfig("ddpm", 1000, clip_denoised=False), seed=1)
+    dpm_video, dpm_audio, calls = draw(diffusion, SamplerConfig("dpm-solver++", 20, clip_denoised=False), seed=2)
+    assert calls == 20
+    for ddpm, dpm in ((ddpm_video, dpm_video), (ddpm_audio, dpm_audio)):
+        result = ks_2samp(ddpm.flatten().numpy(), dpm.flatten().numpy())
+        assert result.pvalue > 0.01, f"two-sample KS statistic {result.statistic:.3f}"
+        assert dpm.std().item() == pytest.approx(ddpm.std().item(), rel=0.06)
+
+
+def test_few_step_ddim_is_deterministic_and_converges_with_steps(diffusion):
+    """DDIM (η = 0) follows the probability-flow ODE: same noise, same sample; its std error
+    shrinks as steps grow (the discretisation, not the update rule, limits few-step DDIM)."""
+    errors = []
+    for steps in (10, 50, 250):
+        first, _, _ = draw(diffusion, SamplerConfig("ddim", steps, clip_denoised=False), seed=3)
+        again, _, _ = draw(diffusion, SamplerConfig("ddim", steps, clip_denoised=False), seed=3)
+        assert torch.equal(first, again)
+        errors.append(abs(first.std().item() - SIGMA))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_clipping_keeps_samples_in_the_data_range(diffusion):
+    model = AnalyticJointDenoiser(diffusion, 0.9, 0.9, 0.5)
+    video, audio = sample_joint(model, diffusion, SamplerConfig("ddim", 20), SHAPES, generator=torch.Generator())
+    assert video.abs().max() <= 1.0 + 1e-5 and audio.abs().max() <= 1.0 + 1e-5
+
+
+def test_samplers_share_the_diffusion_timesteps(diffusion):
+    assert ModalitySampler(SamplerConfig("ddpm"), diffusion, 1).timesteps == list(range(999, -1, -1))
+    # guided-diffusion's "ddim25" respacing: every 40th step from 960 down to 0
+    assert ModalitySampler(SamplerConfig("ddim", 25), diffusion, 1).timesteps == list(range(960, -1, -40))
+    dpm = ModalitySampler(SamplerConfig("dpm-solver++", 20), diffusion, 1).timesteps
+    assert len(dpm) == 20 and dpm[0] == 999 and dpm[-1] == 0 and dpm == sorted(dpm, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "euler"}, "unknown sampler 'euler'"),
+        ({"name": "ddim", "steps": 0}, "steps must be >= 1"),
+        ({"name": "ddpm", "eta": 0.5}, "eta applies to the ddim sampler only"),
+    ],
+)
+def test_bad_sampler_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplerConfig(**kwargs)
+
+
+def test_more_steps_than_the_diffusion_has_is_refused(diffusion):
+    with pytest.raises(ValueError, match="only 1000"):
+        ModalitySampler(SamplerConfig("ddim", 1001), diffusion, 1)
