@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.process import LOOPBACK, spawn, wait_for_http
+from infra.local.process import LOOPBACK, ServerLaunch, launch_server
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,16 @@ def mlflow_server_command(config: MlflowServerConfig) -> list[str]:
     ]
 
 
+def launch_mlflow_server(
+    config: MlflowServerConfig, log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> ServerLaunch:
+    # The GenAI job runner (seven huey consumer processes) serves nothing this project uses.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
+    return launch_server(
+        "MLflow server", mlflow_server_command(config), log_path, config.health_url, env
+    )
+
+
 def start_mlflow_server(
     config: MlflowServerConfig,
     log_path: Path,
@@ -65,7 +75,4 @@ def start_mlflow_server(
     timeout_s: float = 120.0,
 ) -> int:
     """Start the server, wait until `/health` answers, and return its pid."""
-    env = {**os.environ, **(extra_env or {})}
-    process = spawn(mlflow_server_command(config), log_path, env=env)
-    wait_for_http("MLflow server", config.health_url, timeout_s, process.pid, log_path)
-    return process.pid
+    return launch_mlflow_server(config, log_path, extra_env).wait_healthy(timeout_s)

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -62,6 +63,45 @@ def spawn(
         )
 
 
+@dataclass(frozen=True)
+class ServerLaunch:
+    """A spawned server that may not answer yet: launch several, then wait for each."""
+
+    name: str
+    pid: int
+    health_url: str
+    log_path: Path
+    health_headers: Mapping[str, str] = field(default_factory=dict)
+
+    def wait_healthy(self, timeout_s: float) -> int:
+        """Wait until the health URL answers and return the pid.
+
+        A server that does not become healthy in time is stopped before the error is raised,
+        so a failed start leaves nothing running.
+        """
+        try:
+            wait_for_http(
+                self.name, self.health_url, timeout_s, self.pid, self.log_path, self.health_headers
+            )
+        except BaseException:
+            stop_tree(self.pid)
+            raise
+        return self.pid
+
+
+def launch_server(
+    name: str,
+    command: Sequence[str],
+    log_path: Path,
+    health_url: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    health_headers: Mapping[str, str] | None = None,
+) -> ServerLaunch:
+    process = spawn(command, log_path, env=env, cwd=cwd)
+    return ServerLaunch(name, process.pid, health_url, log_path, dict(health_headers or {}))
+
+
 def log_tail(log_path: Path, lines: int = 30) -> str:
     if not log_path.exists():
         return f"(no log at {log_path})"
@@ -69,10 +109,11 @@ def log_tail(log_path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout_s: float = 2.0) -> bool:
     """True when `url` answers with a 2xx status."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -84,11 +125,12 @@ def wait_for_http(
     timeout_s: float,
     pid: int | None = None,
     log_path: Path | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Poll `url` until it answers 2xx; fail early if the server process `pid` has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if http_ok(url):
+        if http_ok(url, headers):
             return
         if pid is not None and not pid_alive(pid):
             raise ServiceStartError(
@@ -110,21 +152,36 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def stop_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Stop process `pid` and all its descendants: SIGTERM, then SIGKILL after `grace_s`.
+def started_at(pid: int) -> float:
+    """The start time of process `pid`; with the pid it identifies the process across reuse."""
+    return float(psutil.Process(pid).create_time())
 
-    A pid that no longer exists is not an error, so stopping twice is safe.
+
+def is_same_process(pid: int, expected_start: float) -> bool:
+    """True when `pid` is alive and is still the process that started at `expected_start`."""
+    try:
+        return pid_alive(pid) and abs(started_at(pid) - expected_start) < 0.01
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_tree(pid: int, grace_s: float = 15.0, expected_start: float | None = None) -> None:
+    """Stop process `pid` and all its descendants; stopping a pid that is gone is a no-op.
+
+    With `expected_start` (from `started_at`), a pid now used by another process is left alone.
+
+    Only the root gets SIGTERM: servers such as `ray start --block` shut their children down
+    in order when asked, and signalling the children too would leave them as unreaped zombies
+    of a busy parent. Whatever of the tree is still there after `grace_s` gets SIGKILL.
     """
     try:
         root = psutil.Process(pid)
+        if expected_start is not None and not is_same_process(pid, expected_start):
+            return
         tree = [root, *root.children(recursive=True)]
+        root.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         return
-    for process in tree:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(tree, timeout=grace_s)
     for process in alive:
         try:
