@@ -22,10 +22,6 @@ def shard_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def shard_uri(output_uri: str, number: int) -> str:
-    return join(output_uri, SHARD_FOLDER, shard_name(number))
-
-
 class ShardWriter:
     """Streams samples into a tar; the shard exists only after a clean `close` with samples.
 
@@ -34,8 +30,10 @@ class ShardWriter:
     fixed so that rewriting the same clips gives the same bytes.
     """
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
+    def __init__(self, output_uri: str, number: int) -> None:
+        self.relative_path = f"{SHARD_FOLDER}/{shard_name(number)}"
+        """Where the shard lands, relative to the output (as the manifest names it)."""
+        self.uri = join(output_uri, self.relative_path)
         self.samples = 0
         self.bytes = 0
         """Size of the finished shard file."""

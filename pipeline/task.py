@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.decode import Clip, ClipOptions, open_source
 from pipeline.errors import MediaError, Reason
 from pipeline.samples import encode_sample, sample_key
-from pipeline.shards import SHARD_FOLDER, ShardWriter, shard_name, shard_uri
+from pipeline.shards import ShardWriter, shard_name
 from pipeline.storage import join, write_atomically
 
 PARTS_FOLDER = "_parts"
@@ -56,32 +56,34 @@ def _decoding_failures_as_media_errors(clips: Iterator[Clip], uri: str) -> Itera
         raise MediaError(Reason.DECODE_ERROR, uri, f"{type(error).__name__}: {error}") from error
 
 
-def _write_source(writer: ShardWriter, record: ShardRecord, uri: str, options: ClipOptions) -> None:
-    """Append the clips of `uri` to the shard, or its error to the record (never raise for bad media)."""
-    written = 0
+def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[list[dict], dict | None]:
+    """Append the clips of `uri` to the shard. Returns their manifest rows and, for bad media,
+    an error row with its reason instead of raising (the clips finished before a mid-file
+    failure are kept: each was written whole)."""
+    rows: list[dict] = []
     try:
         info, clips = open_source(uri, options)
         for clip in _decoding_failures_as_media_errors(clips, uri):
             key = sample_key(uri, clip.index)
             writer.write(key, encode_sample(clip, info))
-            record.clips.append({"key": key, "shard": record.shard, "source": uri, "clip_index": clip.index,
-                                 "start_seconds": clip.start_seconds, "source_fps": info.fps,
-                                 "source_sample_rate": info.sample_rate})
-            written += 1
+            rows.append({"key": key, "shard": writer.relative_path, "source": uri, "clip_index": clip.index,
+                         "start_seconds": clip.start_seconds, "source_fps": info.fps,
+                         "source_sample_rate": info.sample_rate})
     except MediaError as error:
-        record.errors.append({"uri": uri, "reason": error.reason.value, "message": str(error), "clips_written": written})
+        return rows, {"uri": uri, "reason": error.reason.value, "message": str(error), "clips_written": len(rows)}
+    return rows, None
 
 
 def run_shard_task(task: ShardTask, output_uri: str, options: ClipOptions) -> ShardRecord:
     """Decode the task's sources into its shard, commit it, then write the part record."""
     started = time.perf_counter()
-    record = ShardRecord(number=task.number, sources=list(task.sources),
-                         shard=f"{SHARD_FOLDER}/{shard_name(task.number)}")
-    with ShardWriter(shard_uri(output_uri, task.number)) as writer:
+    record = ShardRecord(number=task.number, sources=list(task.sources))
+    with ShardWriter(output_uri, task.number) as writer:
         for uri in task.sources:
-            _write_source(writer, record, uri, options)
-    if writer.samples == 0:
-        record.shard = None
+            rows, error = write_source(writer, uri, options)
+            record.clips += rows
+            record.errors += [error] if error else []
+    record.shard = writer.relative_path if writer.samples else None
     record.bytes = writer.bytes
     record.seconds = round(time.perf_counter() - started, 3)
     write_atomically(part_uri(output_uri, task.number), json.dumps(asdict(record)).encode("utf-8"))

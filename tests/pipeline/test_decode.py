@@ -93,6 +93,15 @@ def test_bad_files_raise_a_clear_error_with_their_reason(media_set: MediaSet, re
     assert path in str(raised.value)
 
 
+def test_failure_in_the_middle_is_a_decode_error_after_the_finished_clips(media_set: MediaSet) -> None:
+    path = str(media_set.bad["decode_error"])  # index intact, data cut at 70 %
+    _, clips = open_source(path, ClipOptions())
+    assert next(clips).video.shape == (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3)
+    with pytest.raises(MediaError, match="decoding failed after 1 clips") as raised:
+        next(clips)
+    assert raised.value.reason == Reason.DECODE_ERROR
+
+
 def test_load_clip_past_the_end_is_too_short(media_set: MediaSet) -> None:
     with pytest.raises(ValueError, match="too_short"):
         load_clip(str(media_set.good["pal_25fps_48k_51"]), 3.0)

@@ -84,16 +84,16 @@ def test_sr_frames_are_a_compact_jpeg_close_to_the_original(media_set: MediaSet)
 
 def test_shard_appears_only_when_complete(tmp_path: Path, media_set: MediaSet) -> None:
     target = tmp_path / "shards" / "shard-000000.tar"
-    with pytest.raises(RuntimeError, match="crash"), ShardWriter(str(target)) as writer:
+    with pytest.raises(RuntimeError, match="crash"), ShardWriter(str(tmp_path), 0) as writer:
         writer.write("a-00000", _first_sample(media_set))
         raise RuntimeError("crash while writing")
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
 def test_shard_reads_back_with_plain_webdataset(tmp_path: Path, media_set: MediaSet) -> None:
-    target = tmp_path / "shard-000000.tar"
+    target = tmp_path / "shards" / "shard-000000.tar"
     sample = _first_sample(media_set)
-    with ShardWriter(str(target)) as writer:
+    with ShardWriter(str(tmp_path), 0) as writer:
         writer.write("a-00000", sample)
         writer.write("b-00000", sample)
     assert writer.bytes == target.stat().st_size

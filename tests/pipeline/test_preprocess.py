@@ -20,7 +20,8 @@ from tests.fixtures.media import MediaSet
 from tests.fixtures.s3_server import S3Server
 
 CLIPS_PER_GOOD_FILE = 2
-EXPECTED_REASONS = {"unreadable": 3, "no_audio": 1, "too_short": 1}
+EXPECTED_REASONS = {"unreadable": 3, "no_audio": 1, "too_short": 1, "decode_error": 1}
+CLIPS_BEFORE_DECODE_ERROR = 1
 
 
 def read_shards(folder: Path) -> list[dict]:
@@ -37,8 +38,9 @@ def local_run(ray_runtime, media_set: MediaSet, tmp_path_factory: pytest.TempPat
 
 def test_every_good_file_gives_clips_and_every_bad_file_an_error(local_run, media_set: MediaSet) -> None:
     _, stats, output = local_run
-    assert stats.clips == CLIPS_PER_GOOD_FILE * len(media_set.good) == stats.clips_total
+    assert stats.clips == CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR == stats.clips_total
     errors = pq.read_table(output / "errors.parquet").to_pylist()
+    assert {error["reason"]: error["clips_written"] for error in errors}["decode_error"] == CLIPS_BEFORE_DECODE_ERROR
     assert sorted(error["uri"] for error in errors) == sorted(str(path) for path in media_set.bad.values())
     reasons = [error["reason"] for error in errors]
     assert {reason: reasons.count(reason) for reason in set(reasons)} == EXPECTED_REASONS
