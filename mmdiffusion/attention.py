@@ -79,21 +79,19 @@ class RSMMA(nn.Module):
                 f"got video {tuple(video.shape)} and audio {tuple(audio.shape)}"
             )
         video_tokens = rearrange(self.v_norm(video), "b c f h w -> b c (f h w)")
-        vq, vk, vv = (
-            rearrange(t, "b h (f n) d -> b h f n d", f=frames) for t in split_heads(self.v_qkv(video_tokens), self.heads)
-        )
-        aq, ak, av = (
-            rearrange(t, "b h (f n) d -> b h f n d", f=frames)
-            for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads)
-        )
+        # Heads are merged into the batch axis and frames play the role of heads, so that
+        # every attention call is a 4-D one, the layout the fused CPU and GPU kernels take.
+        per_frame = "b h (f n) d -> (b h) f n d"
+        vq, vk, vv = (rearrange(t, per_frame, f=frames) for t in split_heads(self.v_qkv(video_tokens), self.heads))
+        aq, ak, av = (rearrange(t, per_frame, f=frames) for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads))
         index = window_index(frames, self.window, shift, device=video.device)
 
         def windowed(tokens: torch.Tensor) -> torch.Tensor:
-            # [B, h, F, n, d] -> [B, h, F, S·n, d]: the S segments each frame (or segment) sees.
-            return rearrange(tokens[:, :, index], "b h f s n d -> b h f (s n) d")
+            # [B·h, F, n, d] -> [B·h, F, S·n, d]: the S segments each frame (or segment) sees.
+            return rearrange(tokens[:, index], "bh f s n d -> bh f (s n) d")
 
         video_out = F.scaled_dot_product_attention(vq, windowed(ak), windowed(av))
         audio_out = F.scaled_dot_product_attention(aq, windowed(vk), windowed(vv))
-        video_out = rearrange(video_out, "b h f (y x) d -> b (h d) f y x", y=height, x=width)
-        audio_out = rearrange(audio_out, "b h f n d -> b (h d) (f n)")
+        video_out = rearrange(video_out, "(b h) f (y x) d -> b (h d) f y x", b=batch, y=height, x=width)
+        audio_out = rearrange(audio_out, "(b h) f n d -> b (h d) (f n)", b=batch)
         return video + self.video_proj_out(video_out), audio + self.audio_proj_out(audio_out)

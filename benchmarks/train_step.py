@@ -1,0 +1,85 @@
+"""One training step of the coupled U-Net at the paper config on the CPU: time and peak memory.
+
+Batch 1, video 16×3×64×64, audio 1×25,600; forward + backward of the joint loss, then an AdamW
+step. Peak memory is the process's peak resident set size. Each variant runs in a fresh
+process so that peaks do not mix.
+
+    .venv/bin/python -m benchmarks.train_step [--steps 3] [--variants fp32,fp32-ckpt,bf16,bf16-ckpt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from mmdiffusion import CoupledUNet, CoupledUNetConfig, DiffusionConfig, GaussianDiffusion
+
+VARIANTS = {
+    "fp32": {"checkpointing": False, "bf16": False},
+    "fp32-ckpt": {"checkpointing": True, "bf16": False},
+    "bf16": {"checkpointing": False, "bf16": True},
+    "bf16-ckpt": {"checkpointing": True, "bf16": True},
+}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def measure(variant: str, steps: int) -> dict:
+    options = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = CoupledUNet(CoupledUNetConfig.paper(gradient_checkpointing=options["checkpointing"])).train()
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    video = torch.rand(1, 16, 3, 64, 64) * 2 - 1
+    audio = torch.rand(1, 1, 25_600) * 2 - 1
+    forward_backward, totals = [], []
+    for _ in range(steps + 1):  # the first step warms up and allocates the optimizer state
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options["bf16"]):
+            loss = diffusion.joint_loss(model, video, audio, diffusion.sample_timesteps(1))["loss"].mean()
+        loss.backward()
+        middle = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward.append(middle - start)
+        totals.append(time.perf_counter() - start)
+    return {
+        "variant": variant,
+        "forward_backward_s": statistics.median(forward_backward[1:]),
+        "step_with_adamw_s": statistics.median(totals[1:]),
+        "peak_rss_gb": peak_rss_gb(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.steps)))
+        return
+    print("| variant | forward+backward s | step incl. AdamW s | peak RSS GB |")
+    print("|---|---|---|---|")
+    for variant in args.variants.split(","):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.train_step", "--child", variant, "--steps", str(args.steps)],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"| {variant} | {r['forward_backward_s']:.1f} | {r['step_with_adamw_s']:.1f} | {r['peak_rss_gb']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
