@@ -29,5 +29,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
+# The local stack on loopback (Ray head, MLflow server, SeaweedFS S3); state in .stack/.
+# STACK_ARGS passes options, e.g. STACK_ARGS="--s3-port 0" (0 picks a free port).
+stack: $(STAMP)
+	$(PY) -m infra.local.stack up $(STACK_ARGS)
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack down $(STACK_ARGS); else echo "stack: nothing was running"; fi
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -166,22 +166,29 @@ def is_same_process(pid: int, expected_start: float) -> bool:
 
 
 def stop_tree(pid: int, grace_s: float = 15.0, expected_start: float | None = None) -> None:
-    """Stop process `pid` and all its descendants; stopping a pid that is gone is a no-op.
+    """Stop process `pid` and all its descendants; see `stop_trees`."""
+    stop_trees([(pid, expected_start)], grace_s)
 
-    With `expected_start` (from `started_at`), a pid now used by another process is left alone.
 
-    Only the root gets SIGTERM: servers such as `ray start --block` shut their children down
-    in order when asked, and signalling the children too would leave them as unreaped zombies
-    of a busy parent. Whatever of the tree is still there after `grace_s` gets SIGKILL.
+def stop_trees(roots: Sequence[tuple[int, float | None]], grace_s: float = 15.0) -> None:
+    """Stop each root process and all its descendants, all at once; gone pids are a no-op.
+
+    A root given with its start time (from `started_at`) is left alone when its pid now
+    belongs to another process. Only the roots get SIGTERM: servers such as
+    `ray start --block` shut their children down in order when asked, and signalling the
+    children too would leave them as unreaped zombies of a busy parent. Whatever is still
+    there after `grace_s` gets SIGKILL.
     """
-    try:
-        root = psutil.Process(pid)
+    tree: list[psutil.Process] = []
+    for pid, expected_start in roots:
         if expected_start is not None and not is_same_process(pid, expected_start):
-            return
-        tree = [root, *root.children(recursive=True)]
-        root.send_signal(signal.SIGTERM)
-    except psutil.NoSuchProcess:
-        return
+            continue
+        try:
+            root = psutil.Process(pid)
+            tree += [root, *root.children(recursive=True)]
+            root.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            continue
     _, alive = psutil.wait_procs(tree, timeout=grace_s)
     for process in alive:
         try:
@@ -189,7 +196,8 @@ def stop_tree(pid: int, grace_s: float = 15.0, expected_start: float | None = No
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
-    _reap(pid)
+    for pid, _ in roots:
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:

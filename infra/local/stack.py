@@ -32,7 +32,7 @@ from infra.local.process import (
     is_same_process,
     port_is_free,
     started_at,
-    stop_tree,
+    stop_trees,
 )
 from infra.local.ray_head import RayHeadConfig, RayHeadPorts, launch_ray_head
 from infra.local.seaweed import (
@@ -151,6 +151,14 @@ def load_stack(state_dir: Path = DEFAULT_STATE_DIR) -> StackState | None:
     return StackState.from_json(path.read_text())
 
 
+def running_stack(state_dir: Path = DEFAULT_STATE_DIR) -> StackState | None:
+    """The stack started from `state_dir` when all its servers still run, else None."""
+    state = load_stack(state_dir)
+    if state is None or not all(service.alive() for service in state.services):
+        return None
+    return state
+
+
 def ray_temp_dir(state_dir: Path) -> Path:
     """A short temp dir unique to this state folder (Ray's socket paths must stay short)."""
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
@@ -187,11 +195,10 @@ def up(config: StackConfig) -> StackState:
     The three servers start side by side (none needs another to boot), then each is awaited.
     """
     state_dir = config.state_dir.resolve()
-    running = load_stack(state_dir)
-    if running is not None and all(service.alive() for service in running.services):
-        return running
+    running = running_stack(state_dir)
     if running is not None:
-        down(state_dir)
+        return running
+    down(state_dir)  # what is left of a stack of which some server died
     s3 = SeaweedConfig(
         data_dir=state_dir / "seaweed",
         ports=SeaweedPorts.pick_free(_choose_port(config.s3_port, "the S3 store", "--s3-port")),
@@ -243,8 +250,7 @@ def up(config: StackConfig) -> StackState:
             launch.wait_healthy(config.startup_timeout_s)
         ensure_buckets(s3, [DATA_BUCKET, MLFLOW_BUCKET])
     except BaseException:
-        for _, launch in reversed(launches):
-            stop_tree(launch.pid)
+        stop_trees([(launch.pid, None) for _, launch in launches])
         raise
     services = [Service.from_launch(name, launch) for name, launch in launches]
     state = StackState(**{**asdict(state), "services": services})
@@ -254,15 +260,13 @@ def up(config: StackConfig) -> StackState:
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, purge: bool = False) -> list[str]:
-    """Stop the stack's servers (Ray first, the store last); return the names stopped."""
+    """Stop the stack's servers; return the names of those that were running."""
     state_dir = state_dir.resolve()
     state = load_stack(state_dir)
     stopped: list[str] = []
     if state is not None:
-        for service in reversed(state.services):
-            if service.alive():
-                stop_tree(service.pid, expected_start=service.started_at)
-                stopped.append(service.name)
+        stopped = [service.name for service in state.services if service.alive()]
+        stop_trees([(service.pid, service.started_at) for service in state.services])
         state_path(state_dir).unlink(missing_ok=True)
         env_path(state_dir).unlink(missing_ok=True)
         shutil.rmtree(ray_temp_dir(state_dir), ignore_errors=True)
@@ -307,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY),
             startup_timeout_s=args.timeout,
         )
+        if running_stack(args.state_dir.resolve()) is not None:
+            print("stack: already running")
         try:
             state = up(config)
         except (ServiceStartError, ValueError, FileNotFoundError) as error:
