@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -85,11 +87,17 @@ def ffmpeg_command(path: Path, threads: int | None) -> list[str]:
     ]
 
 
-def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> float:
-    started = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of decoding `paths` with the ffmpeg CLI."""
+    started, started_cpu = time.perf_counter(), _children_cpu_seconds()
     with ThreadPoolExecutor(processes) as pool:
         list(pool.map(lambda path: subprocess.run(ffmpeg_command(path, threads), check=True), paths))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu_seconds() - started_cpu
 
 
 def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
@@ -98,7 +106,8 @@ def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
     stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
     seconds = time.perf_counter() - started
     return {"workers": workers, "clips": stats.clips, "seconds": round(seconds, 2),
-            "clips_per_second": round(stats.clips / seconds, 2), "bytes_per_clip": round(stats.bytes_per_clip)}
+            "clips_per_second": round(stats.clips / seconds, 2), "bytes_per_clip": round(stats.bytes_per_clip),
+            "worker_cpu_ms_per_clip": round(1000 * stats.cpu_seconds / stats.clips, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = [time_preprocess(corpus, args.workdir / f"out-{workers}", workers) for workers in (1, 2)]
     ray.shutdown()
     clips = runs[0]["clips"]
-    floor_sequential = time_ffmpeg(paths, processes=1, threads=None)
-    floor_parallel = time_ffmpeg(paths, processes=2, threads=1)
+    floor_sequential, _ = time_ffmpeg(paths, processes=1, threads=None)
+    floor_parallel, floor_cpu = time_ffmpeg(paths, processes=2, threads=1)
     floor_seconds = min(floor_sequential, floor_parallel)
     result = {
         "corpus": {"videos": args.videos, "seconds_each": args.seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": SOURCE_FPS},
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "ffmpeg_floor": {"sequential_threaded_s": round(floor_sequential, 2), "two_processes_s": round(floor_parallel, 2),
-                         "clips_per_second": round(clips / floor_seconds, 2)},
+                         "clips_per_second": round(clips / floor_seconds, 2),
+                         "cpu_ms_per_clip": round(1000 * floor_cpu / clips, 1)},
         "preprocess": runs,
         "ratio_2_workers_to_floor": round(runs[1]["clips_per_second"] / (clips / floor_seconds), 2),
         "speedup_1_to_2_workers": round(runs[1]["clips_per_second"] / runs[0]["clips_per_second"], 2),

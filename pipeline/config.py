@@ -62,6 +62,8 @@ class PreprocessStats:
     bytes: int
     """Bytes of the shards written by this run."""
     seconds: float
+    cpu_seconds: float
+    """CPU time the workers spent on this run's units."""
     clips_total: int
     """Clips in the whole output (manifest.parquet), earlier runs included."""
 

@@ -1,9 +1,10 @@
 """`preprocess(config)`: the streaming Ray Data job.
 
-listing (driver) -> units of `videos_per_shard` sources -> an autoscaling pool of decoding
-workers, each decoding its unit straight into one shard and recording it -> manifest,
-errors and stats rebuilt from every unit's record. Only the small records travel through
-Ray; clips stream from the decoder into the shard, so memory stays bounded per worker.
+listing (driver) -> units of `videos_per_shard` sources -> decoding tasks, one CPU each,
+scaled by Ray Data up to `workers` (or the free CPUs), each decoding its unit straight into
+one shard and recording it -> manifest, errors and stats rebuilt from every unit's record.
+Only the small records travel through Ray; clips stream from the decoder into the shard, so
+memory stays bounded per worker.
 """
 
 from __future__ import annotations
@@ -32,18 +33,15 @@ def storage_environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
 
 
-class ShardWorker:
-    """A Ray Data actor: runs one unit per row and returns its record as JSON."""
+def run_unit(row: dict, output_uri: str, options: ClipOptions, environment: dict[str, str]) -> dict:
+    """A Ray Data task: run the unit in `row` and return its record as JSON.
 
-    def __init__(self, output_uri: str, options: ClipOptions, environment: dict[str, str]) -> None:
-        os.environ.update(environment)
-        self.output_uri = output_uri
-        self.options = options
-
-    def __call__(self, row: dict) -> dict:
-        task = ShardTask(**json.loads(row["task"]))
-        record = run_shard_task(task, self.output_uri, self.options)
-        return {"record": json.dumps(asdict(record))}
+    Tasks, not actors: Ray reuses warm worker processes between tasks, while a fresh actor
+    pool pays process start and imports on every run (seconds each on a busy machine). A
+    retried task rewrites the same shard name, so retries cannot duplicate clips."""
+    os.environ.update(environment)
+    record = run_shard_task(ShardTask(**json.loads(row["task"])), output_uri, options)
+    return {"record": json.dumps(asdict(record))}
 
 
 def ensure_ray() -> None:
@@ -58,14 +56,12 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRec
     import ray
 
     ensure_ray()
-    workers = min(config.workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(tasks))
     dataset = ray.data.from_items([{"task": json.dumps(asdict(task))} for task in tasks],
                                   override_num_blocks=len(tasks))
     records = dataset.map(
-        ShardWorker,
-        fn_constructor_kwargs={"output_uri": config.output, "options": config.clip_options(),
-                               "environment": storage_environment()},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
+        run_unit,
+        fn_kwargs={"output_uri": config.output, "options": config.clip_options(), "environment": storage_environment()},
+        compute=ray.data.TaskPoolStrategy(size=config.workers),  # None: as many as free CPUs
         num_cpus=1,
     )
     finished = []
@@ -101,6 +97,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
         shards=sum(record.shard is not None for record in new),
         bytes=sum(record.bytes for record in new),
         seconds=round(time.perf_counter() - started, 3),
+        cpu_seconds=round(sum(record.cpu_seconds for record in new), 3),
         clips_total=sum(len(record.clips) for record in records),
     )
     write_outputs(config.output, records, stats)

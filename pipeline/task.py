@@ -43,6 +43,8 @@ class ShardRecord:
     errors: list[dict] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of the worker process on this unit (decoding is single-threaded)."""
 
 
 def _decoding_failures_as_media_errors(clips: Iterator[Clip], uri: str) -> Iterator[Clip]:
@@ -76,7 +78,7 @@ def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[l
 
 def run_shard_task(task: ShardTask, output_uri: str, options: ClipOptions) -> ShardRecord:
     """Decode the task's sources into its shard, commit it, then write the part record."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     record = ShardRecord(number=task.number, sources=list(task.sources))
     with ShardWriter(output_uri, task.number) as writer:
         for uri in task.sources:
@@ -86,6 +88,7 @@ def run_shard_task(task: ShardTask, output_uri: str, options: ClipOptions) -> Sh
     record.shard = writer.relative_path if writer.samples else None
     record.bytes = writer.bytes
     record.seconds = round(time.perf_counter() - started, 3)
+    record.cpu_seconds = round(time.process_time() - started_cpu, 3)
     write_atomically(part_uri(output_uri, task.number), json.dumps(asdict(record)).encode("utf-8"))
     return record
 
