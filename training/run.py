@@ -97,7 +97,7 @@ def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, 
     if not ray.is_initialized():
         ray.init()  # a local Ray, or the cluster at RAY_ADDRESS
     environment = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENVIRONMENT_PREFIXES)}
-    filesystem, storage_path = resolve(config.output)
+    storage_path, filesystem = _storage(config.output)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=inputs,
@@ -105,7 +105,7 @@ def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, 
         run_config=RunConfig(
             name=config.run_name,
             storage_path=storage_path,
-            storage_filesystem=filesystem if is_remote(config.output) else None,
+            storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             worker_runtime_env={"env_vars": environment} if environment else None,
@@ -117,6 +117,25 @@ def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, 
         return dict(result.metrics or {}), None
     uri = f"s3://{checkpoint.path}" if is_remote(config.output) else checkpoint.path
     return dict(result.metrics or {}), uri
+
+
+def _storage(output: str) -> tuple[str, Any]:
+    """Ray's `storage_path` and `storage_filesystem` for `output`. An S3 filesystem is built with
+    the driver's AWS settings spelled out, because Ray pickles it into its controller and
+    workers, which may not see the driver's environment."""
+    if not is_remote(output):
+        return str(Path(output).expanduser().resolve()), None
+    if not output.startswith("s3://"):
+        filesystem, path = resolve(output)
+        return path, filesystem
+    import pyarrow.fs as pafs
+
+    env = os.environ.get
+    filesystem = pafs.S3FileSystem(
+        access_key=env("AWS_ACCESS_KEY_ID"), secret_key=env("AWS_SECRET_ACCESS_KEY"), session_token=env("AWS_SESSION_TOKEN"),
+        endpoint_override=env("AWS_ENDPOINT_URL"), region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+    )
+    return output.removeprefix("s3://").rstrip("/"), filesystem
 
 
 def _finish(config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri: str, metrics: dict[str, float]) -> TrainResult:

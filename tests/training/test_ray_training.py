@@ -1,0 +1,100 @@
+"""Training on a real local Ray: 2-worker DDP on shards made by the pipeline, checkpoints on a
+real S3 server on loopback, a worker killed mid-run, a resumed rerun, the model registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmdiffusion.config import CoupledUNetConfig
+from tests.fixtures.mlflow_server import MlflowServer
+from tests.fixtures.s3_server import S3Server
+from training.config import CrashDrill, TrainConfig
+from training.model_store import load_model
+from training.run import TrainResult, train
+
+BUCKET = "training-test"
+MODEL_NAME = "ddp-tiny"
+CRASH_STEP = 3
+
+
+@dataclass
+class DdpRun:
+    config: TrainConfig
+    result: TrainResult
+    server: MlflowServer
+    s3: S3Server
+    marker: Path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ray_runtime, pipeline_shards: Path, s3_server: S3Server, mlflow_server: MlflowServer,
+            tmp_path_factory: pytest.TempPathFactory):
+    """Two CPU workers, tiny model at the real clip size; rank 1 is killed before step 3."""
+    patch = pytest.MonkeyPatch()
+    for name, value in s3_server.env().items():
+        patch.setenv(name, value)
+    marker = tmp_path_factory.mktemp("drill") / "rank1-killed"
+    config = TrainConfig(
+        data=str(pipeline_shards), output=f"{s3_server.make_bucket(BUCKET)}/runs", model="tiny", workers=2,
+        steps=CRASH_STEP, batch_size=1, log_every=1, checkpoint_every=1, run_name="ddp-tiny-run",
+        register_as=MODEL_NAME, tracking_uri=mlflow_server.tracking_uri, max_failures=1,
+        crash_drill=CrashDrill(step=CRASH_STEP, rank=1, marker=str(marker)),
+    )
+    try:
+        yield DdpRun(config, train(config), mlflow_server, s3_server, marker)
+    finally:
+        patch.undo()
+
+
+def metric_steps(server: MlflowServer, run_id: str, name: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(server.tracking_uri).get_metric_history(run_id, name)]
+
+
+def test_two_worker_run_on_pipeline_shards_registers_the_ema_model(ddp_run: DdpRun) -> None:
+    assert ddp_run.result.step == CRASH_STEP
+    assert ddp_run.result.registered_version == "1"
+    model = load_model(f"models:/{MODEL_NAME}/1")
+    assert model.config == CoupledUNetConfig.named("tiny")
+    run = MlflowClient(ddp_run.server.tracking_uri).get_run(ddp_run.result.mlflow_run_id)
+    assert run.data.params["workers"] == "2" and run.data.params["data.manifest_sha256"] != "missing"
+    assert len(run.data.params["git_commit"]) == 40
+    for name in ("loss", "video_loss", "audio_loss", "lr", "grad_norm", "clips_per_second"):
+        assert name in run.data.metrics
+    assert any(name.startswith("loss_q") for name in run.data.metrics)
+    artifacts = [item.path for item in MlflowClient(ddp_run.server.tracking_uri).list_artifacts(run.info.run_id)]
+    assert "loss_curve.png" in artifacts
+
+
+def test_checkpoints_live_on_the_s3_server(ddp_run: DdpRun) -> None:
+    keys = [item["Key"] for item in ddp_run.s3.client().list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]]
+    final = f"runs/ddp-tiny-run/checkpoint-{CRASH_STEP:08d}/"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "scaler.pt", "state.json",
+                 "data-rank0000.json", "data-rank0001.json"):
+        assert final + name in keys
+    assert "runs/ddp-tiny-run/loss_curve.png" in keys
+    assert ddp_run.result.checkpoint == f"s3://{BUCKET}/{final.rstrip('/')}"
+
+
+def test_killed_worker_comes_back_from_the_checkpoint(ddp_run: DdpRun) -> None:
+    assert ddp_run.marker.exists()
+    resumed = metric_steps(ddp_run.server, ddp_run.result.mlflow_run_id, "resumed_from_step")
+    assert len(resumed) == 1 and 1 <= resumed[0][1] < CRASH_STEP
+    logged = {step for step, _ in metric_steps(ddp_run.server, ddp_run.result.mlflow_run_id, "loss")}
+    assert logged == set(range(1, CRASH_STEP + 1))
+
+
+def test_rerun_with_the_same_name_resumes_the_step_count_and_the_mlflow_run(ddp_run: DdpRun, monkeypatch) -> None:
+    for name, value in ddp_run.s3.env().items():
+        monkeypatch.setenv(name, value)
+    # Elastic this time: 1 to 2 workers.
+    config = ddp_run.config.replace(steps=CRASH_STEP + 1, workers=(1, 2), crash_drill=None)
+    result = train(config)
+    assert result.mlflow_run_id == ddp_run.result.mlflow_run_id
+    assert result.step == CRASH_STEP + 1 and result.registered_version == "2"
+    resumed = metric_steps(ddp_run.server, result.mlflow_run_id, "resumed_from_step")
+    assert (CRASH_STEP, float(CRASH_STEP)) in resumed
+    assert max(step for step, _ in metric_steps(ddp_run.server, result.mlflow_run_id, "loss")) == CRASH_STEP + 1
