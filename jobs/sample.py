@@ -149,6 +149,9 @@ def run_sampling(config: SampleConfig) -> list[Path]:
     device = resolve_device(config.device)
     model = load_network(config.model, "coupled_unet", config.config, device)
     sr_model = load_network(config.sr_model, "sr_unet", config.sr_config, device) if config.sr_model else None
+    if sr_model is not None and sr_model.config.low_res_size != model.config.image_size:
+        raise ValueError(f"SR model {config.sr_model!r} upsamples {sr_model.config.low_res_size}-pixel frames; "
+                         f"the base model makes {model.config.image_size}-pixel frames")  # fmt: skip
     condition_value = None
     if config.condition is not None:
         modality, path = config.condition

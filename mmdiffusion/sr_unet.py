@@ -37,6 +37,7 @@ class SuperResUNetConfig:
 
     image_size: int = SR_IMAGE_SIZE
     low_res_size: int = IMAGE_SIZE
+    """Side of the frames it upsamples (the network itself accepts any; samplers check it)."""
     in_channels: int = VIDEO_CHANNELS
     model_channels: int = 192
     out_channels: int = 2 * VIDEO_CHANNELS

@@ -1,0 +1,154 @@
+"""`mmdiff sample` end to end on small real models and real PyAV-encoded condition files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from jobs.sample import SampleConfig, load_network, main, run_sampling
+from mmdiffusion import CoupledUNet, CoupledUNetConfig, SuperResUNet, SuperResUNetConfig, save_model
+from mmdiffusion.constants import FRAMES, IMAGE_SIZE, SAMPLE_RATE
+from pipeline.decode import load_clip
+
+MICRO_UNET = CoupledUNetConfig.named(
+    "tiny", channel_mult=(1, 1, 1, 1), video_attention_rates=(8,), cross_attention_rates=(4, 8),
+    cross_attention_windows=(1, 4),
+)  # fmt: skip
+MICRO_SR = SuperResUNetConfig(  # a 2× upsampler keeps the test fast; the paper's is 4×
+    image_size=2 * IMAGE_SIZE, model_channels=32, num_res_blocks=1, channel_mult=(1, 1, 1, 1), attention_rates=(8,)
+)
+
+
+def random_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Small non-zero weights everywhere (zero-initialised heads would output nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "base": save_model(folder / "base.safetensors", random_weights(CoupledUNet(MICRO_UNET), 0)),
+        "sr": save_model(folder / "sr.safetensors", random_weights(SuperResUNet(MICRO_SR), 1)),
+    }
+
+
+def encode_source(path: Path, with_video: bool, seconds: float = 2.0) -> Path:
+    """A 44.1 kHz chirp, with a 96×80 25 fps moving bar when `with_video` (not the clip geometry,
+    so the preprocessing decode has to resample and resize)."""
+    rate, fps = 44_100, 25
+    with av.open(str(path), "w") as container:
+        # Every stream is added before the first packet is written.
+        audio = container.add_stream("aac" if with_video else "pcm_s16le", rate=rate, layout="mono")
+        if with_video:
+            video = container.add_stream("mpeg4", rate=fps)
+            video.width, video.height, video.pix_fmt = 96, 80, "yuv420p"
+            for index in range(int(seconds * fps)):
+                image = np.zeros((80, 96, 3), np.uint8)
+                image[:, (4 * index) % 96:(4 * index) % 96 + 12] = (250, 200, 40)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode(None))
+        time = np.arange(int(seconds * rate)) / rate
+        chirp = (0.4 * np.sin(2 * np.pi * (200 + 300 * time) * time) * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(chirp, format="s16p", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    return path
+
+
+def decoded(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        audio = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
+    return frames, audio
+
+
+def test_audio_to_video_with_gradient_guidance_writes_the_clip_and_previews(tmp_path, models):
+    wav = encode_source(tmp_path / "condition.wav", with_video=False)
+    output = tmp_path / "samples"
+    code = main(["--model", str(models["base"]), "--num", "1", "--sampler", "ddim", "--steps", "1", "--seed", "3",
+                 "--output", str(output), "--condition-audio", str(wav), "--method", "gradient", "--guidance", "0.5",
+                 "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in output.iterdir()) == ["sample_000.mp4", "sample_000_audio.png", "sample_000_frames.png"]
+    frames, audio = decoded(output / "sample_000.mp4")
+    assert len(frames) == FRAMES and frames[0].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    _, condition = load_clip(str(wav), require_video=False)
+    assert np.corrcoef(audio[: condition.shape[1]], condition[0] / 32768)[0, 1] > 0.95  # the given sound
+
+
+def test_video_to_audio_with_super_resolution_writes_both_sizes(tmp_path, models):
+    source = encode_source(tmp_path / "condition.mp4", with_video=True)
+    paths = run_sampling(SampleConfig(
+        model=str(models["base"]), output=tmp_path / "samples", num=1, sampler="dpm-solver++", steps=1,
+        condition_video=str(source), sr_model=str(models["sr"]), sr_steps=1, device="cpu", progress=False,
+    ))  # fmt: skip
+    assert [p.name for p in paths] == ["sample_000.mp4", "sample_000_128.mp4", "sample_000_frames.png", "sample_000_audio.png"]
+    base_frames, audio = decoded(paths[0])
+    sr_frames, sr_audio = decoded(paths[1])
+    condition, _ = load_clip(str(source))
+    assert len(base_frames) == len(sr_frames) == FRAMES
+    assert sr_frames[0].shape == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE, 3)
+    assert np.abs(np.stack(base_frames).astype(int) - condition).mean() < 4  # the given frames
+    assert len(audio) == len(sr_audio) and np.array_equal(audio, sr_audio)
+
+
+def test_released_checkpoint_loads_with_a_named_config(tmp_path):
+    model = random_weights(CoupledUNet(CoupledUNetConfig.named("tiny")), 2)
+    path = tmp_path / "released.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    loaded = load_network(str(path), "coupled_unet", "tiny", torch.device("cpu"))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="does not fit CoupledUNet"):
+        load_network(str(path), "coupled_unet", "small", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--num", "0"], "--num must be >= 1"),
+        (["--guidance", "2"], "--guidance applies to --method gradient only"),
+        (["--method", "gradient"], "--method needs --condition-audio or --condition-video"),
+        (["--sampler", "ddpm", "--eta", "1"], "eta applies to the ddim sampler only"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_arguments_give_a_clear_error(tmp_path, models, capsys, extra, message):
+    assert main(["--model", str(models["base"]), "--output", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_condition_file_is_named(tmp_path, models, capsys):
+    junk = tmp_path / "notes.mp4"
+    junk.write_text("not a video")
+    assert main(["--model", str(models["base"]), "--output", str(tmp_path / "out"), "--condition-video", str(junk)]) == 2
+    error = capsys.readouterr().err
+    assert str(junk) in error and "unreadable" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_or_missing_models_are_named(tmp_path, models, capsys):
+    assert main(["--model", str(models["sr"]), "--output", str(tmp_path)]) == 2
+    assert "is a SuperResUNet, expected a CoupledUNet" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "missing.safetensors"), "--output", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_conflicting_conditions_and_unknown_samplers_are_usage_errors(tmp_path, models, capsys):
+    for extra in (["--condition-audio", "a.wav", "--condition-video", "b.mp4"], ["--sampler", "euler"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model", str(models["base"]), "--output", str(tmp_path), *extra])
+        assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
