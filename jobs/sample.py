@@ -175,9 +175,10 @@ def run_sampling(config: SampleConfig) -> list[Path]:
                                     generator=generator, device=device, progress=config.progress)  # fmt: skip
         video_sr = None
         if sr_model is not None:
+            sr_sampler = replace(SR_SAMPLER, steps=config.sr_steps)
             video_sr = upsample_video(sr_model, super_res_diffusion(sr_model.config), video, sr_model.config.image_size,
-                                      sampler=replace(SR_SAMPLER, steps=config.sr_steps), batch_size=config.sr_batch_size,
-                                      generator=generator, device=device, progress=config.progress)  # fmt: skip
+                                      sampler=sr_sampler, batch_size=config.sr_batch_size, generator=generator,
+                                      device=device, progress=config.progress)  # fmt: skip
         for offset in range(batch):
             written += write_sample(config.output, start + offset, video[offset], audio[offset],
                                     None if video_sr is None else video_sr[offset])  # fmt: skip
@@ -215,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sr-model", default=None, help="super-resolution model, same forms as --model")
     parser.add_argument("--sr-config", default="paper", help="named config of a released .pt SR model (default: paper)")
     parser.add_argument("--sr-steps", type=int, default=SR_SAMPLER.num_steps, help="DDIM steps of the SR model")
+    parser.add_argument("--sr-batch-size", type=int, default=16, help="frames per SR network batch")
     parser.add_argument("--num", type=int, default=1, help="number of clips")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per network batch")
     parser.add_argument("--sampler", choices=SAMPLERS, default="dpm-solver++")
@@ -229,7 +231,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="generate video for this audio (any file with an audio stream)")  # fmt: skip
     condition.add_argument("--condition-video", default=None, metavar="FILE",
                            help="generate audio for this video (a file with a video stream)")  # fmt: skip
-    parser.add_argument("--method", choices=METHODS, default=None, help="zero-shot conditioning method (default: replacement)")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="zero-shot conditioning method (default: replacement)")  # fmt: skip
     parser.add_argument("--guidance", type=float, default=None,
                         help=f"lambda of --method gradient (default {DEFAULT_GUIDANCE})")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -242,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = SampleConfig(
             model=args.model, output=args.output, num=args.num, sampler=args.sampler, steps=args.steps,
-            eta=args.eta, seed=args.seed, batch_size=args.batch_size, config=args.config, sr_model=args.sr_model,
-            sr_config=args.sr_config, sr_steps=args.sr_steps, condition_audio=args.condition_audio,
-            condition_video=args.condition_video, method=args.method, guidance=args.guidance, device=args.device,
-            progress=not args.no_progress,
+            eta=args.eta, seed=args.seed, batch_size=args.batch_size, config=args.config,
+            sr_model=args.sr_model, sr_config=args.sr_config, sr_steps=args.sr_steps,
+            sr_batch_size=args.sr_batch_size, condition_audio=args.condition_audio,
+            condition_video=args.condition_video, method=args.method, guidance=args.guidance,
+            device=args.device, progress=not args.no_progress,
         )  # fmt: skip
         paths = run_sampling(config)
     except (ValueError, FileNotFoundError, KeyError) as error:

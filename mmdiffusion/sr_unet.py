@@ -53,7 +53,9 @@ class SuperResUNetConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.out_channels not in (self.in_channels, 2 * self.in_channels):
-            problems.append(f"out_channels {self.out_channels} must be in_channels or 2 × in_channels (learned variance)")
+            problems.append(
+                f"out_channels {self.out_channels} must be in_channels or 2 × in_channels (learned variance)"
+            )
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
             problems.append(f"image_size {self.image_size} is not divisible by {2 ** (len(self.channel_mult) - 1)}")
         for mult in self.channel_mult:
@@ -100,7 +102,9 @@ class SuperResUNetConfig:
         if unknown:
             raise ValueError(f"unknown reference SR config keys: {sorted(unknown)}")
         if not kwargs.get("resblock_updown", True):
-            raise ValueError("resblock_updown=False is not supported: the released upsampler resamples in residual blocks")
+            raise ValueError(
+                "resblock_updown=False is not supported: the released upsampler resamples in residual blocks"
+            )
         if kwargs.get("num_classes") is not None:
             raise ValueError("class-conditional SR models are not supported (num_classes must be None)")
         heads = kwargs.get("num_heads", 4)
@@ -299,7 +303,9 @@ class SuperResUNet(nn.Module):
                 rate *= 2
 
         self.middle_block = EmbedSequential(
-            res_block(channels, channels), AttentionBlock(channels, c.heads_for(channels)), res_block(channels, channels)
+            res_block(channels, channels),
+            AttentionBlock(channels, c.heads_for(channels)),
+            res_block(channels, channels),
         )
 
         self.output_blocks = nn.ModuleList()

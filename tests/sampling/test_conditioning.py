@@ -33,7 +33,9 @@ def other(modality: str) -> str:
 
 
 @pytest.mark.parametrize("modality", ["audio", "video"])
-@pytest.mark.parametrize("sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name
+)
 def test_replacement_feeds_the_forward_noised_condition_at_every_step(diffusion, modality, sampler):
     value = clean_condition(modality)
     condition = ZeroShotCondition(modality, value, "replacement", generator=torch.Generator().manual_seed(11))

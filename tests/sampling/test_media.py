@@ -16,7 +16,8 @@ from mmdiffusion.constants import AUDIO_SAMPLES, CLIP_SECONDS, FPS, FRAMES, IMAG
 def clip() -> tuple[np.ndarray, np.ndarray]:
     """A moving gradient and a 440 Hz tone."""
     x = np.linspace(0, 255, IMAGE_SIZE, dtype=np.float32)
-    frames = np.stack([np.stack([np.roll(x, 4 * f)[None, :].repeat(IMAGE_SIZE, 0)] * 3, axis=-1) for f in range(FRAMES)])
+    rows = [np.roll(x, 4 * f)[None, :].repeat(IMAGE_SIZE, 0) for f in range(FRAMES)]
+    frames = np.stack([np.stack([row] * 3, axis=-1) for row in rows])
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(AUDIO_SAMPLES) / SAMPLE_RATE)
     return frames.astype(np.uint8), (tone * media.AUDIO_SCALE).astype(np.int16)[None]
 

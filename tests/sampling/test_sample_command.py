@@ -81,7 +81,8 @@ def test_audio_to_video_with_gradient_guidance_writes_the_clip_and_previews(tmp_
                  "--output", str(output), "--condition-audio", str(wav), "--method", "gradient", "--guidance", "0.5",
                  "--device", "cpu", "--no-progress"])  # fmt: skip
     assert code == 0
-    assert sorted(p.name for p in output.iterdir()) == ["sample_000.mp4", "sample_000_audio.png", "sample_000_frames.png"]
+    names = sorted(p.name for p in output.iterdir())
+    assert names == ["sample_000.mp4", "sample_000_audio.png", "sample_000_frames.png"]
     frames, audio = decoded(output / "sample_000.mp4")
     assert len(frames) == FRAMES and frames[0].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     _, condition = load_clip(str(wav), require_video=False)
@@ -94,7 +95,8 @@ def test_video_to_audio_with_super_resolution_writes_both_sizes(tmp_path, models
         model=str(models["base"]), output=tmp_path / "samples", num=1, sampler="dpm-solver++", steps=1,
         condition_video=str(source), sr_model=str(models["sr"]), sr_steps=1, device="cpu", progress=False,
     ))  # fmt: skip
-    assert [p.name for p in paths] == ["sample_000.mp4", "sample_000_128.mp4", "sample_000_frames.png", "sample_000_audio.png"]
+    names = [p.name for p in paths]
+    assert names == ["sample_000.mp4", "sample_000_128.mp4", "sample_000_frames.png", "sample_000_audio.png"]
     base_frames, audio = decoded(paths[0])
     sr_frames, sr_audio = decoded(paths[1])
     condition, _ = load_clip(str(source))
@@ -133,10 +135,11 @@ def test_bad_arguments_give_a_clear_error(tmp_path, models, capsys, extra, messa
 def test_unreadable_condition_file_is_named(tmp_path, models, capsys):
     junk = tmp_path / "notes.mp4"
     junk.write_text("not a video")
-    assert main(["--model", str(models["base"]), "--output", str(tmp_path / "out"), "--condition-video", str(junk)]) == 2
+    out = tmp_path / "out"
+    assert main(["--model", str(models["base"]), "--output", str(out), "--condition-video", str(junk)]) == 2
     error = capsys.readouterr().err
     assert str(junk) in error and "unreadable" in error
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
 
 def test_wrong_or_missing_models_are_named(tmp_path, models, capsys):
