@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
+import webdataset
 
 from mmdiffusion import CoupledUNet, CoupledUNetConfig
+from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SAMPLE_RATE
 
 
 @pytest.fixture(params=["server", "embedded"])
@@ -40,3 +45,52 @@ def tiny_model(seed: int) -> CoupledUNet:
 def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
     a, b = first.state_dict(), second.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+MICRO = {"channel_mult": (1, 1, 1), "video_attention_rates": (), "cross_attention_rates": (4,), "cross_attention_windows": (1,)}
+"""The tiny coupled U-Net without video self-attention: a few seconds per clip on a busy CPU."""
+
+
+def micro_model(seed: int, perturbed: bool = False) -> CoupledUNet:
+    """A fresh micro model predicts zero noise (zero-initialised heads), a loss of about 2.
+    `perturbed` fills the zero-initialised layers with noise, which makes it worse."""
+    torch.manual_seed(seed)
+    model = CoupledUNet(CoupledUNetConfig.named("tiny", **MICRO)).eval()
+    if perturbed:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if not parameter.any():
+                    parameter.normal_(0.0, 0.05)
+    return model
+
+
+@dataclass(frozen=True)
+class ReferenceShards:
+    root: Path
+    good_keys: tuple[str, ...]
+    broken_key: str
+
+
+@pytest.fixture(scope="session")
+def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShards:
+    """OUTPUT/shards/ with two shards of synthetic clips (a moving gradient and a tone),
+    the first also holding one sample whose video has the wrong size."""
+    root = tmp_path_factory.mktemp("evaluation-data")
+    (root / "shards").mkdir()
+    rng = np.random.default_rng(0)
+    keys: list[str] = []
+    broken = "clip-broken"
+    for shard in range(2):
+        with webdataset.TarWriter(str(root / "shards" / f"shard-{shard:06d}.tar")) as writer:
+            for index in range(2):
+                key = f"clip-{shard}-{index}"
+                frames = np.linspace(0, 255, IMAGE_SIZE)[None, None, :, None] + 20 * np.arange(FRAMES)[:, None, None, None]
+                video = ((frames + rng.integers(0, 60, size=(FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))) % 256).astype(np.uint8)
+                tone = np.sin(2 * np.pi * (200 + 300 * len(keys)) * np.arange(AUDIO_SAMPLES) / SAMPLE_RATE)
+                audio = (0.3 * 32767 * tone).astype(np.int16)[None]
+                writer.write({"__key__": key, "video.npy": video, "audio.npy": audio, "json": {"source": key}})
+                keys.append(key)
+            if shard == 0:
+                small = np.zeros((FRAMES, 32, 32, 3), dtype=np.uint8)
+                writer.write({"__key__": broken, "video.npy": small, "audio.npy": audio, "json": {"source": broken}})
+    return ReferenceShards(root, tuple(keys), broken)

@@ -1,0 +1,81 @@
+"""Held-out loss on identical work, reference clips from shards, and the metric wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmdiffusion.sampling import SamplerConfig
+from tests.evaluation.conftest import ReferenceShards, micro_model
+from training.evaluation import (
+    EvaluationConfig,
+    EvaluationDataError,
+    distribution_metrics,
+    evaluate,
+    held_out_loss,
+    read_reference_clips,
+)
+
+FAST = {"num_samples": 2, "loss_timesteps": (300,), "batch_size": 2}
+"""One network call per evaluation: the micro model takes seconds per clip on a busy CPU."""
+
+
+def test_reference_clips_come_in_shard_order_and_a_broken_sample_is_skipped_and_named(reference_shards: ReferenceShards) -> None:
+    clips = read_reference_clips(str(reference_shards.root), limit=10)
+    assert clips.keys == list(reference_shards.good_keys)
+    assert clips.video.shape == (4, 16, 64, 64, 3) and clips.video.dtype == np.uint8
+    assert clips.audio.shape == (4, 1, 25600) and np.abs(clips.audio).max() <= 1.0
+    assert len(clips.skipped) == 1 and reference_shards.broken_key in clips.skipped[0] and "video.npy" in clips.skipped[0]
+    first_two = read_reference_clips(str(reference_shards.root / "shards"), limit=2)
+    assert first_two.keys == list(reference_shards.good_keys[:2]) and first_two.digest != clips.digest
+
+
+def test_missing_or_empty_data_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(EvaluationDataError, match="does not exist"):
+        read_reference_clips(str(tmp_path / "nowhere"), limit=2)
+    with pytest.raises(EvaluationDataError, match="no shard-NNNNNN.tar"):
+        read_reference_clips(str(tmp_path), limit=2)
+
+
+def test_held_out_loss_repeats_exactly_and_ranks_a_worse_model_lower(reference_shards: ReferenceShards) -> None:
+    clips = read_reference_clips(str(reference_shards.root), limit=2)
+    config = EvaluationConfig(**FAST)
+    zero = held_out_loss(micro_model(seed=0), clips, config)
+    assert zero == held_out_loss(micro_model(seed=0), clips, config)  # identical work, identical numbers
+    # A fresh model predicts zero noise: each modality's loss is the mean squared noise, about 1.
+    assert zero["val_video_loss"] == pytest.approx(1.0, abs=0.02)
+    assert zero["val_audio_loss"] == pytest.approx(1.0, abs=0.05)
+    assert zero["val_loss"] == pytest.approx(zero["val_video_loss"] + zero["val_audio_loss"])
+    worse = held_out_loss(micro_model(seed=1, perturbed=True), clips, config)
+    assert worse["val_loss"] > zero["val_loss"] + 0.1
+
+
+def test_distribution_metrics_vanish_for_the_reference_itself_and_grow_for_other_clips(reference_shards: ReferenceShards) -> None:
+    clips = read_reference_clips(str(reference_shards.root), limit=2)
+    config = EvaluationConfig(metrics=("fvd", "kvd", "fad"), num_samples=2)
+    same = distribution_metrics(clips.video, clips.audio, clips, config.metrics, config.extractors)
+    assert same["fvd"] == pytest.approx(0.0, abs=1e-3) and same["fad"] == pytest.approx(0.0, abs=1e-3)
+    rng = np.random.default_rng(0)
+    other_video = rng.integers(0, 256, size=clips.video.shape, dtype=np.uint8)
+    other_audio = (0.5 * rng.standard_normal(clips.audio.shape)).astype(np.float32)
+    different = distribution_metrics(other_video, other_audio, clips, config.metrics, config.extractors)
+    assert different["fvd"] > 1.0 and different["fad"] > 1.0 and different["kvd"] > same["kvd"]
+
+
+def test_evaluate_draws_samples_from_the_model_for_sample_metrics(reference_shards: ReferenceShards) -> None:
+    clips = read_reference_clips(str(reference_shards.root), limit=2)
+    config = EvaluationConfig(metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), **FAST)
+    result = evaluate(micro_model(seed=0), clips, config)
+    assert set(result.metrics) == {"fad"}
+    assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
+    assert result.data_digest == clips.digest and result.num_clips == 2
+    with pytest.raises(ValueError, match="generated audio"):
+        evaluate(micro_model(seed=0), clips, config, generate=lambda n: (clips.video[:n], clips.audio[:n, :, :100]))
+
+
+def test_evaluation_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown metrics"):
+        EvaluationConfig(metrics=("fvd", "psnr"))
+    with pytest.raises(ValueError, match="loss_timesteps"):
+        EvaluationConfig(loss_timesteps=(1000,))
+    assert EvaluationConfig(**FAST).settings_digest() != EvaluationConfig(noise_seed=1, **FAST).settings_digest()

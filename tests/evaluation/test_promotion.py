@@ -1,0 +1,103 @@
+"""`mmdiff promote` and `mmdiff evaluate` against a real MLflow server and the embedded SQLite
+default: register versions, promote the better one, refuse a worse one, roll back, sample by alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from jobs import evaluate as evaluate_job
+from jobs import promote as promote_job
+from jobs import sample as sample_job
+from tests.evaluation.conftest import ReferenceShards, micro_model, same_weights
+from training.model_store import load_model, log_model
+from training.registry import (
+    CHALLENGER,
+    CHAMPION,
+    COMMIT_TAG,
+    DATA_DIGEST_TAG,
+    PREVIOUS,
+    PromotionPolicy,
+    RegistryError,
+    rollback,
+    version_by_alias,
+)
+
+FAST = ["--num", "2", "--loss-timesteps", "300", "--batch-size", "2"]
+"""One network call per evaluation (see test_evaluation.FAST)."""
+
+
+def _register(model, name: str) -> str:
+    """Log `model` in its own run as a new version of `name`; returns the run id."""
+    with mlflow.start_run() as run:
+        log_model(model, registered_model_name=name)
+    return run.info.run_id
+
+
+def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
+    version = version_by_alias(client, name, alias)
+    return None if version is None else str(version.version)  # int from SQLite, str from a server
+
+
+def test_promote_refuse_rollback_and_sample_by_alias(
+    tracking_uri: str, model_name: str, reference_shards: ReferenceShards, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    client = MlflowClient()
+    worse, better, worst = micro_model(seed=1, perturbed=True), micro_model(seed=0), micro_model(seed=2, perturbed=True)
+    _register(worse, model_name)
+    data = ["--data", str(reference_shards.root), *FAST]
+
+    assert promote_job.main(["--name", model_name, "--version", "1", *data]) == 0
+    assert _alias(client, model_name, CHAMPION) == "1"
+
+    _register(better, model_name)
+    assert promote_job.main(["--name", model_name, "--version", "2", "--metric", "val_loss", "--mode", "min", *data]) == 0
+    assert (_alias(client, model_name, CHAMPION), _alias(client, model_name, PREVIOUS)) == ("2", "1")
+    tags = client.get_model_version(model_name, "2").tags
+    assert float(tags["mmdiff.eval.val_loss"]) < float(client.get_model_version(model_name, "1").tags["mmdiff.eval.val_loss"])
+    assert tags[DATA_DIGEST_TAG] and len(tags[COMMIT_TAG]) in (40, len("unknown"))
+    assert "promoted" in tags["mmdiff.promotion.decision"]
+
+    worst_run = _register(worst, model_name)
+    capsys.readouterr()
+    assert promote_job.main(["--name", model_name, "--run", worst_run, *data]) == 1
+    assert "not better than the champion" in capsys.readouterr().out
+    assert (_alias(client, model_name, CHAMPION), _alias(client, model_name, CHALLENGER)) == ("2", "3")
+
+    assert promote_job.main(["--name", model_name, "--rollback"]) == 0
+    assert _alias(client, model_name, CHAMPION) == "1"
+    assert same_weights(load_model(f"models:/{model_name}@{CHAMPION}"), worse)
+
+    assert sample_job.main(["--model", f"models:/{model_name}@{CHAMPION}", "--output", str(tmp_path / "samples"), "--num", "1",
+                            "--sampler", "ddim", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert list((tmp_path / "samples").rglob("*.mp4"))
+
+    capsys.readouterr()
+    assert evaluate_job.main(["--model", f"models:/{model_name}@{CHAMPION}", *data]) == 0
+    printed = capsys.readouterr().out
+    assert "val_loss" in printed and f"models:/{model_name}@{CHAMPION}" in printed
+    evaluation_runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`mmdiff.run_kind` = 'evaluation'",
+                                         output_format="list")
+    source_run = client.get_model_version(model_name, "1").run_id
+    assert any(run.data.tags.get("mmdiff.model_run_id") == source_run and "val_loss" in run.data.metrics for run in evaluation_runs)
+
+
+def test_rollback_without_previous_and_unknown_versions_fail_clearly(tracking_uri: str, model_name: str, capsys) -> None:
+    client = MlflowClient()
+    _register(micro_model(seed=0), model_name)
+    with pytest.raises(RegistryError, match="no 'previous' version"):
+        rollback(client, model_name)
+    assert promote_job.main(["--name", model_name, "--version", "7", "--data", "unused"]) == 2
+    assert "has no version '7'" in capsys.readouterr().err
+
+
+def test_promotion_policy_needs_a_strict_improvement_beyond_the_margin() -> None:
+    lower = PromotionPolicy("val_loss", "min", min_improvement=0.1)
+    assert lower.beats(1.0, 1.2) and not lower.beats(1.15, 1.2) and not lower.beats(1.2, 1.2)
+    higher = PromotionPolicy("score", "max")
+    assert higher.beats(2.0, 1.0) and not higher.beats(1.0, 1.0)
+    with pytest.raises(ValueError, match="mode"):
+        PromotionPolicy(mode="lowest")  # type: ignore[arg-type]
