@@ -8,7 +8,7 @@ import logging
 import sys
 from dataclasses import asdict
 
-from mmdiffusion.constants import CLIP_SECONDS, SR_IMAGE_SIZE
+from mmdiffusion.constants import CLIP_SECONDS, FPS, FRAMES, IMAGE_SIZE, SAMPLE_RATE, SR_IMAGE_SIZE
 from pipeline.frames import RESIZE_MODES
 from pipeline.run import PreprocessConfig, preprocess
 
@@ -16,8 +16,9 @@ from pipeline.run import PreprocessConfig, preprocess
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdiff preprocess",
-        description="Decode videos into 16-frame 64x64 10 fps clips with aligned 16 kHz mono audio, "
-                    "written as WebDataset shards plus manifest.parquet, errors.parquet and stats.json. "
+        description=f"Decode videos into {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} {FPS} fps clips with aligned "
+                    f"{SAMPLE_RATE // 1000} kHz mono audio, written as WebDataset shards plus manifest.parquet, "
+                    "errors.parquet and stats.json. "
                     "Runs on a local Ray, or on RAY_ADDRESS's cluster; s3:// URIs use the standard AWS "
                     "variables (AWS_ENDPOINT_URL, keys, profile). Rerunning resumes.",
     )
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
     parser.add_argument("--workers", type=int, default=None, help="most decoding workers at once (default: all CPUs)")
     parser.add_argument("--stride", type=float, default=CLIP_SECONDS,
-                        help=f"seconds between clip starts, a multiple of 0.1 (default {CLIP_SECONDS:g}: no overlap)")
+                        help=f"seconds between clip starts, a multiple of {1 / FPS:g} (default {CLIP_SECONDS:g}: no overlap)")
     parser.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="keep aspect ratio, then pad (default) or centre-crop")
     parser.add_argument("--sr-size", type=int, default=None, metavar=str(SR_IMAGE_SIZE),
                         help="also store each clip's frames at this size for super-resolution training")
