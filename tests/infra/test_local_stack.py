@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,14 @@ def test_stack_is_healthy_and_up_is_idempotent(stack: StackState, stack_dir: Pat
     assert f"export MLFLOW_TRACKING_URI={stack.mlflow_tracking_uri}" in env_file
     assert f"export AWS_ENDPOINT_URL={stack.s3_endpoint_url}" in env_file
     assert oct((stack_dir / "env").stat().st_mode & 0o777) == "0o600"
+
+
+def test_stack_head_is_not_what_a_plain_ray_init_finds(stack: StackState) -> None:
+    """`ray.init()` without an address joins the latest cluster recorded in the default temp
+    dir; the stack's head records itself in its own, so other local runtimes stay apart."""
+    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    gcs_port = stack.ray_gcs_address.rsplit(":", 1)[1]
+    assert not latest.exists() or not latest.read_text().strip().endswith(f":{gcs_port}")
 
 
 def test_ray_job_submit_runs_on_the_head_with_store_and_mlflow(
