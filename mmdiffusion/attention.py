@@ -18,8 +18,13 @@ from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, zero_init
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`[N, 3C, T]` laid out `[Q | K | V]`, each head-major, to three `[N, heads, T, d]`."""
-    return tuple(rearrange(part, "n (h d) t -> n h t d", h=heads) for part in qkv.chunk(3, dim=1))  # type: ignore[return-value]
+    """`[N, 3C, T]` laid out `[Q | K | V]`, each head-major, to three `[N, heads, T, d]`.
+
+    The copy makes the head dimension the innermost one: the fused (flash) attention kernels
+    need that, and without them the attention matrices are materialised for the backward pass.
+    """
+    q, k, v = rearrange(qkv, "n (three h d) t -> three n h t d", three=3, h=heads).contiguous().unbind(0)
+    return q, k, v
 
 
 class SelfAttention(nn.Module):
