@@ -63,15 +63,22 @@ class AtomicWriter:
         self.temporary_path = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}"
         self.stream: pafs.NativeFile | None = None
 
-    def __enter__(self):
+    def open(self) -> pafs.NativeFile:
         self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
         self.stream = self.fs.open_output_stream(self.temporary_path)
         return self.stream
 
-    def __exit__(self, error_type, error, traceback) -> None:
-        assert self.stream is not None
+    def finish(self, succeeded: bool) -> None:
+        """Publish the bytes under the final name, or drop them."""
+        assert self.stream is not None, "finish() before open()"
         self.stream.close()
-        if error_type is None:
+        if succeeded:
             self.fs.move(self.temporary_path, self.path)
         else:
             self.fs.delete_file(self.temporary_path)
+
+    def __enter__(self) -> pafs.NativeFile:
+        return self.open()
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.finish(succeeded=error_type is None)
