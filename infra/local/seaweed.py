@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.process import LOOPBACK, ServerLaunch, free_port, launch_server
+from infra.local.process import (
+    LOOPBACK,
+    ServerLaunch,
+    ServiceStartError,
+    free_port,
+    launch_server,
+)
 
 S3_REGION = "us-east-1"
 
@@ -127,6 +133,7 @@ def start_seaweed(config: SeaweedConfig, log_path: Path, timeout_s: float = 60.0
 def ensure_buckets(config: SeaweedConfig, buckets: Iterable[str]) -> None:
     """Create each bucket that does not exist yet (the server's credentials must be valid)."""
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.client(
         "s3",
@@ -135,7 +142,12 @@ def ensure_buckets(config: SeaweedConfig, buckets: Iterable[str]) -> None:
         aws_secret_access_key=config.secret_key,
         region_name=S3_REGION,
     )
-    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
-    for bucket in buckets:
-        if bucket not in existing:
-            client.create_bucket(Bucket=bucket)
+    try:
+        existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+        for bucket in buckets:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as error:
+        raise ServiceStartError(
+            f"SeaweedFS at {config.endpoint_url} refused to create buckets: {error}"
+        ) from error

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -246,13 +247,14 @@ def up(config: StackConfig) -> StackState:
         launches.append(
             ("ray-head", launch_ray_head(ray_config, logs / "ray-head.log", state.client_env()))
         )
+        deadline = time.monotonic() + config.startup_timeout_s
         for _, launch in launches:
-            launch.wait_healthy(config.startup_timeout_s)
+            launch.wait_healthy(max(1.0, deadline - time.monotonic()))
         ensure_buckets(s3, [DATA_BUCKET, MLFLOW_BUCKET])
+        services = [Service.from_launch(name, launch) for name, launch in launches]
     except BaseException:
         stop_trees([(launch.pid, None) for _, launch in launches])
         raise
-    services = [Service.from_launch(name, launch) for name, launch in launches]
     state = StackState(**{**asdict(state), "services": services})
     _write_private(state_path(state_dir), state.to_json())
     _write_env_file(state, env_path(state_dir))

@@ -7,9 +7,7 @@ the session `ray_runtime` (which it must neither join nor stop).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -20,8 +18,7 @@ import pytest
 
 from infra.local.process import http_ok, pid_alive
 from infra.local.stack import MLFLOW_BUCKET, StackConfig, StackState, down, load_stack, status, up
-
-RAY_CLI = str(Path(sys.executable).with_name("ray"))
+from infra.local.submit import ray_job_submit
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +43,10 @@ def stack(stack_dir: Path) -> Iterator[StackState]:
         down(stack_dir)
 
 
-def submit(state: StackState, working_dir: Path, *entrypoint: str) -> subprocess.CompletedProcess:
-    """`ray job submit` as an operator types it, with the stack's `env` file sourced."""
-    env = {**os.environ, **state.client_env()}
-    return subprocess.run(
-        [RAY_CLI, "job", "submit", "--working-dir", str(working_dir), "--", *entrypoint],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def submit(
+    state: StackState, working_dir: Path | None, *entrypoint: str
+) -> subprocess.CompletedProcess:
+    return ray_job_submit(state, entrypoint, working_dir, capture_output=True, timeout_s=120)
 
 
 def test_stack_is_healthy_and_up_is_idempotent(stack: StackState, stack_dir: Path) -> None:
@@ -118,8 +109,9 @@ def test_ray_job_submit_runs_on_the_head_with_store_and_mlflow(
     assert any(key.endswith(f"{run_id}/artifacts/note.txt") for key in keys), keys
 
 
-def test_failed_job_makes_ray_job_submit_fail(stack: StackState, tmp_path: Path) -> None:
-    result = submit(stack, tmp_path, "python", "-c", "raise SystemExit(3)")
+def test_failed_job_makes_ray_job_submit_fail(stack: StackState) -> None:
+    """Also: without a working dir, the job runs the project installed in the environment."""
+    result = submit(stack, None, "python", "-c", "import jobs.cli; raise SystemExit(3)")
     assert result.returncode != 0
     assert "exit code 3" in result.stdout + result.stderr
 
