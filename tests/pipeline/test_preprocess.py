@@ -131,3 +131,16 @@ def test_s3_input_and_output_through_a_real_object_store(
     assert errors.column("reason").to_pylist() == ["no_audio"]
     again = preprocess(config)
     assert (again.clips, again.inputs_skipped, again.clips_total) == (0, 3, 4)
+
+
+def test_load_clip_reads_s3_uris_like_local_files(
+    s3_server: S3Server, media_set: MediaSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3_server.make_bucket("conditioning")
+    local = media_set.good["pal_25fps_48k_51"]
+    s3_server.client().upload_file(str(local), "conditioning", local.name)
+    remote_video, remote_audio = load_clip(f"s3://conditioning/{local.name}", 1.5)
+    local_video, local_audio = load_clip(str(local), 1.5)
+    assert np.array_equal(remote_video, local_video) and np.array_equal(remote_audio, local_audio)
