@@ -174,11 +174,12 @@ def stop_trees(roots: Sequence[tuple[int, float | None]], grace_s: float = 15.0)
     """Stop each root process and all its descendants, all at once; gone pids are a no-op.
 
     A root given with its start time (from `started_at`) is left alone when its pid now
-    belongs to another process. Only the roots get SIGTERM: servers such as
-    `ray start --block` shut their children down in order when asked, and signalling the
-    children too would leave them as unreaped zombies of a busy parent. Whatever is still
-    there after `grace_s` gets SIGKILL.
+    belongs to another process. First only the roots get SIGTERM: servers such as
+    `ray start --block` shut their children down in order when asked (signalling the children
+    too would leave them as unreaped zombies of a busy parent). Descendants still there once
+    the roots are gone get SIGTERM, and whatever outlives `grace_s` after that gets SIGKILL.
     """
+    stopping: list[psutil.Process] = []
     tree: list[psutil.Process] = []
     for pid, expected_start in roots:
         if expected_start is not None and not is_same_process(pid, expected_start):
@@ -187,17 +188,25 @@ def stop_trees(roots: Sequence[tuple[int, float | None]], grace_s: float = 15.0)
             root = psutil.Process(pid)
             tree += [root, *root.children(recursive=True)]
             root.send_signal(signal.SIGTERM)
+            stopping.append(root)
         except psutil.NoSuchProcess:
             continue
+    _, roots_alive = psutil.wait_procs(stopping, timeout=grace_s)
+    leftovers = [process for process in tree if process not in roots_alive]
+    _signal_all(leftovers, signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=grace_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
+    _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace_s)
     for pid, _ in roots:
         _reap(pid)
+
+
+def _signal_all(processes: Sequence[psutil.Process], signum: int) -> None:
+    for process in processes:
+        try:
+            process.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _reap(pid: int) -> None:
