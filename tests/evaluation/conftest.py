@@ -17,13 +17,7 @@ from mmdiffusion import CoupledUNet, CoupledUNetConfig
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SAMPLE_RATE
 
 
-@pytest.fixture(params=["server", "embedded"])
-def tracking_uri(request: pytest.FixtureRequest, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """MLflow behind a real `mlflow server` process, and the embedded SQLite default."""
-    if request.param == "server":
-        uri = request.getfixturevalue("mlflow_server").tracking_uri
-    else:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _use_tracking_uri(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(f"evaluation-{uuid.uuid4().hex[:8]}")
@@ -32,14 +26,36 @@ def tracking_uri(request: pytest.FixtureRequest, tmp_path, monkeypatch: pytest.M
         mlflow.end_run()
 
 
+@pytest.fixture(scope="session")
+def embedded_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite tracking database for the session: creating its tables takes seconds.
+    Tests keep apart by their own experiment and model names."""
+    return f"sqlite:///{tmp_path_factory.mktemp('embedded-mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["server", "embedded"])
+def tracking_uri(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """MLflow behind a real `mlflow server` process, and the embedded SQLite default."""
+    if request.param == "server":
+        uri = request.getfixturevalue("mlflow_server").tracking_uri
+    else:
+        uri = request.getfixturevalue("embedded_database")
+    yield from _use_tracking_uri(uri, monkeypatch)
+
+
+@pytest.fixture
+def server_tracking_uri(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    yield from _use_tracking_uri(mlflow_server.tracking_uri, monkeypatch)
+
+
+@pytest.fixture
+def embedded_tracking_uri(embedded_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    yield from _use_tracking_uri(embedded_database, monkeypatch)
+
+
 @pytest.fixture
 def model_name() -> str:
     return f"mmdiff-{uuid.uuid4().hex[:8]}"
-
-
-def tiny_model(seed: int) -> CoupledUNet:
-    torch.manual_seed(seed)
-    return CoupledUNet(CoupledUNetConfig.named("tiny")).eval()
 
 
 def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:

