@@ -31,6 +31,10 @@ from pipeline.storage import is_remote, resolve
 _TIME_EPSILON = 1e-6
 """Seconds of float error tolerated when comparing a frame's time with a grid time."""
 
+AUDIO_JUMP_SECONDS = 0.02
+"""Disagreement between an audio frame's timestamp and the samples counted so far beyond which
+the samples are placed anew by the timestamp (well under one 0.1 s output frame)."""
+
 
 @dataclass(frozen=True)
 class ClipOptions:
@@ -111,23 +115,50 @@ class VideoGrid:
 
 
 class AudioTrack:
-    """Resamples audio frames to mono SAMPLE_RATE s16 and places them on the sample grid."""
+    """Resamples audio frames to mono SAMPLE_RATE s16 and places them on the sample grid.
+
+    Samples run on contiguously from the first frame's timestamp while the frames' own
+    timestamps agree with that count; when they jump (a gap, an overlap, a change of sample
+    rate or layout) the resampler is flushed and the samples are placed anew from the jumping
+    frame's timestamp, so the audio stays where its presentation times put it."""
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        self._next_index: int | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._next_index = 0
+        self._anchor_time = 0.0
+        self._input_seconds = 0.0
+        self._input_format: tuple | None = None
 
-    def push(self, frame: av.AudioFrame | None, time: float = 0.0) -> tuple[int, np.ndarray] | None:
-        """Samples from `frame` (None flushes the resampler) and the grid index of the first."""
-        if frame is not None and self._next_index is None:
+    def push(self, frame: av.AudioFrame | None, time: float = 0.0) -> list[tuple[int, np.ndarray]]:
+        """Placed chunks (grid index of the first sample, samples) decided by `frame`; None
+        flushes the resampler at the end of the stream."""
+        placed = []
+        if frame is not None and self._jumps(frame, time):
+            placed += self._flush()
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             self._next_index = round(time * SAMPLE_RATE)
-        if self._next_index is None:
-            return None
-        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+            self._anchor_time, self._input_seconds = time, 0.0
+            self._input_format = (frame.sample_rate, frame.layout.name, frame.format.name)
+        if frame is None:
+            return placed + self._flush()
+        self._input_seconds += frame.samples / frame.sample_rate
+        return placed + self._place(self._resampler.resample(frame))
+
+    def _jumps(self, frame: av.AudioFrame, time: float) -> bool:
+        if self._resampler is None or self._input_format != (frame.sample_rate, frame.layout.name, frame.format.name):
+            return True
+        return abs(time - (self._anchor_time + self._input_seconds)) > AUDIO_JUMP_SECONDS
+
+    def _flush(self) -> list[tuple[int, np.ndarray]]:
+        return self._place(self._resampler.resample(None)) if self._resampler is not None else []
+
+    def _place(self, frames: list[av.AudioFrame]) -> list[tuple[int, np.ndarray]]:
+        if not frames:
+            return []
+        samples = np.concatenate([out.to_ndarray().reshape(-1) for out in frames])
         first = self._next_index
         self._next_index += samples.size
-        return first, samples
+        return [(first, samples)]
 
 
 @dataclass
@@ -149,17 +180,20 @@ class ClipCutter:
                 self.first_video_index = index
             self.frames[index] = frame
 
-    def add_samples(self, placed: tuple[int, np.ndarray] | None) -> None:
-        if placed is None:
-            return
-        first, samples = placed
-        if first < 0:  # before time zero
-            samples, first = samples[-first:], 0
-        if self.first_audio_sample is None and samples.size:
-            self.first_audio_sample = first
-            self.audio_start = first
-        if samples.size:
-            self.audio = np.concatenate([self.audio, samples])
+    def add_samples(self, placed: list[tuple[int, np.ndarray]]) -> None:
+        """Put samples at their grid indices: silence fills a gap, an overlap keeps the earlier."""
+        for first, samples in placed:
+            end = self.audio_start + self.audio.size
+            if self.first_audio_sample is not None and first < end:  # overlap
+                samples, first = samples[end - first:], end
+            if first < 0:  # before time zero
+                samples, first = samples[-first:], 0
+            if not samples.size:
+                continue
+            if self.first_audio_sample is None:
+                self.first_audio_sample = self.audio_start = first
+            gap = np.zeros(first - (self.audio_start + self.audio.size), dtype=np.int16)
+            self.audio = np.concatenate([self.audio, gap, samples])
 
     @property
     def done(self) -> bool:
