@@ -35,7 +35,13 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """True when a server could listen on `port`: nothing listens there.
+
+    SO_REUSEADDR, as servers set it, so that connections of a server stopped a moment ago
+    (TIME_WAIT) do not count as a listener.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
