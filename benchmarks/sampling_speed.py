@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -30,19 +31,21 @@ from mmdiffusion.sampling import SR_SAMPLER, SamplerConfig, clip_shapes, sample_
 SAMPLERS = (SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("dpm-solver++", 20))
 
 
-def seconds_per_call(call: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Mean wall time of `call` after one warm-up call."""
+def seconds_per_call(call: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of `call` after one warm-up call. On a shared machine the
+    CPU time is the steadier number: wall time also counts waiting for a core."""
     call()
-    times = []
+    wall = cpu = 0.0
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+    return wall / repeats, cpu / repeats
 
 
 def sampler_overhead(sampler: SamplerConfig, config: CoupledUNetConfig, device: torch.device) -> tuple[int, float]:
@@ -75,20 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     video, audio = (torch.randn(shapes[m], device=device) for m in ("video", "audio"))
     t = torch.full((1,), 500, device=device)
     with torch.no_grad():
-        forward = seconds_per_call(lambda: model(video, audio, t), args.repeats, device)
+        forward, forward_cpu = seconds_per_call(lambda: model(video, audio, t), args.repeats, device)
 
     def guided() -> None:
         generated = video.detach().requires_grad_(True)
         _, audio_eps = model(generated, audio, t)
         torch.autograd.grad(audio_eps.square().sum(), generated)
 
-    guided_step = seconds_per_call(guided, max(1, args.repeats - 1), device)
+    guided_step, guided_cpu = seconds_per_call(guided, max(1, args.repeats - 1), device)
     report: dict[str, object] = {
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch": 1,
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "coupled_unet_seconds_per_nfe": round(forward, 3),
+        "coupled_unet_cpu_seconds_per_nfe": round(forward_cpu, 3),
         "gradient_guidance_seconds_per_step": round(guided_step, 3),
+        "gradient_guidance_cpu_seconds_per_step": round(guided_cpu, 3),
         "samplers": {},
     }
     for sampler in SAMPLERS:
@@ -107,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(frames, 3, sr_config.image_size, sr_config.image_size, device=device)
         low = torch.randn(frames, 3, sr_config.low_res_size, sr_config.low_res_size, device=device)
         with torch.no_grad():
-            per_frame = seconds_per_call(lambda: sr(x, t.expand(frames), low_res=low), args.repeats, device) / frames
+            per_call, per_call_cpu = seconds_per_call(lambda: sr(x, t.expand(frames), low_res=low), args.repeats, device)
+        per_frame = per_call / frames
         report["sr_unet"] = {
             "seconds_per_frame_evaluation": round(per_frame, 3),
+            "cpu_seconds_per_frame_evaluation": round(per_call_cpu / frames, 3),
             "nfe_per_sample": FRAMES * SR_SAMPLER.num_steps,
             "seconds_per_sample": round(FRAMES * SR_SAMPLER.num_steps * per_frame, 1),
         }

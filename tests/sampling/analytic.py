@@ -28,18 +28,19 @@ class AnalyticJointDenoiser:
 
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
-        alpha_bar = self.diffusion.tables["alphas_cumprod"][t.long().cpu()].to(video.dtype)
-        ab_v = alpha_bar.reshape(-1, *([1] * (video.ndim - 1)))
-        ab_a = alpha_bar.reshape(-1, *([1] * (audio.ndim - 1)))
-        dv = video - ab_v.sqrt() * self.mu_video
-        da = (audio.reshape(video.shape) if self.rho else audio) - (ab_v if self.rho else ab_a).sqrt() * self.mu_audio
+        alpha_bar = self.diffusion.tables["alphas_cumprod"][t.long().cpu()].to(video.dtype).to(video.device)
         if not self.rho:
-            eps_v = dv * (1 - ab_v).sqrt() / (ab_v * self.sigma**2 + 1 - ab_v)
-            eps_a = da * (1 - ab_a).sqrt() / (ab_a * self.sigma**2 + 1 - ab_a)
-            return eps_v, eps_a
-        diag = ab_v * self.sigma**2 + 1 - ab_v
-        off = ab_v * self.sigma**2 * self.rho
+            return self._independent(video, self.mu_video, alpha_bar), self._independent(audio, self.mu_audio, alpha_bar)
+        ab = alpha_bar.reshape(-1, *([1] * (video.ndim - 1)))
+        dv = video - ab.sqrt() * self.mu_video
+        da = audio.reshape(video.shape) - ab.sqrt() * self.mu_audio
+        diag = ab * self.sigma**2 + 1 - ab
+        off = ab * self.sigma**2 * self.rho
         det = diag**2 - off**2
-        eps_v = (1 - ab_v).sqrt() * (diag * dv - off * da) / det
-        eps_a = (1 - ab_v).sqrt() * (diag * da - off * dv) / det
+        eps_v = (1 - ab).sqrt() * (diag * dv - off * da) / det
+        eps_a = (1 - ab).sqrt() * (diag * da - off * dv) / det
         return eps_v, eps_a.reshape(audio.shape)
+
+    def _independent(self, x: torch.Tensor, mu: float, alpha_bar: torch.Tensor) -> torch.Tensor:
+        ab = alpha_bar.reshape(-1, *([1] * (x.ndim - 1)))
+        return (x - ab.sqrt() * mu) * (1 - ab).sqrt() / (ab * self.sigma**2 + 1 - ab)
