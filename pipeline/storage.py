@@ -32,11 +32,6 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
-def exists(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
