@@ -27,8 +27,9 @@ MODEL_PRESETS = ("paper", "small", "tiny")
 class CrashDrill:
     """Kill one worker process once, to rehearse recovery (`FailureConfig`).
 
-    The worker of rank `rank` calls `os._exit` right before step `step`, unless `marker`
-    exists; it creates `marker` first, so the restarted group runs on.
+    The worker of rank `rank` calls `os._exit` in the middle of step `step` (gradients computed,
+    update not applied), unless `marker` exists; it creates `marker` first, so the restarted
+    group runs on.
     """
 
     step: int

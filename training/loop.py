@@ -80,6 +80,10 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         position=position,
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
+    log.info(
+        "rank %d/%d on %s (%d torch threads): %s from step %d", session.rank, session.world_size, session.device,
+        torch.get_num_threads(), "resuming" if resumed_from is not None else "starting", state.step,
+    )
     finished = False
     try:
         if resumed_from is not None:
@@ -110,8 +114,8 @@ def _run_steps(
     metrics: dict[str, float] = {"step": float(step)}
     prepared.train()
     while step < config.steps:
-        crash_if_drilled(config.crash_drill, session.rank, step + 1)
         grad_norm = _train_step(config, session, task, prepared, optimizer, scaler, batches, interval)
+        crash_if_drilled(config.crash_drill, session.rank, step + 1)
         if grad_norm is None:
             nonfinite += 1
             consecutive += 1
@@ -191,15 +195,16 @@ def _train_step(
 
 
 def crash_if_drilled(drill: CrashDrill | None, rank: int, step: int) -> None:
-    """Kill this worker process (no cleanup, like a lost node) the first time the drill says so."""
+    """Kill this worker process in the middle of `step` (after its gradients, before its update;
+    no cleanup, like a lost node) the first time the drill says so."""
     if drill is None or drill.rank != rank or drill.step != step:
         return
     marker = Path(drill.marker)
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed before step {step}\n")
-    log.warning("crash drill: killing rank %d before step %d", rank, step)
+    marker.write_text(f"rank {rank} killed in step {step}\n")
+    log.warning("crash drill: killing rank %d in step %d", rank, step)
     os._exit(1)
 
 

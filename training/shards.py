@@ -9,13 +9,18 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from pipeline.shards import SHARD_FOLDER, shard_number
-from pipeline.storage import exists, join, read_bytes, resolve
+from pipeline.storage import join, read_bytes, resolve
 
 MANIFEST_FILE = "manifest.parquet"
 
 
 class DataError(ValueError):
     """The training data cannot be used (missing path, no shards)."""
+
+
+def exists(uri: str) -> bool:
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def shard_folder(data_uri: str) -> str:

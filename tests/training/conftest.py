@@ -26,3 +26,15 @@ def pipeline_shards(ray_runtime, tmp_path_factory: pytest.TempPathFactory) -> Pa
     stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=2, sr_size=SR_IMAGE_SIZE, videos_per_shard=1))
     assert stats.clips == CLIPS_PER_VIDEO * VIDEOS and stats.shards == VIDEOS
     return output
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process training uses one intra-op thread, as a Ray Train worker with one CPU does:
+    on the shared 2-core machine, two spinning OpenMP threads make a step ~20× slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
