@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from jobs.evaluate import add_evaluation_arguments, evaluation_config, format_table
-from training.evaluation import LOWER_IS_BETTER, METRICS, EvaluationDataError, evaluate, read_reference_clips
+from training.evaluation import METRICS, EvaluationDataError, evaluate, read_reference_clips
 from training.model_store import load_model
 from training.registry import Evidence, PromotionPolicy, RegistryError, get_version, promote, rollback, version_of_run
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--run", dest="run_id", help="candidate: the newest version created from this run")
     which.add_argument("--rollback", action="store_true", help="move 'champion' back to 'previous' and exit")
     parser.add_argument("--metric", default="val_loss", help="metric that decides (default val_loss)")
-    parser.add_argument("--mode", choices=("min", "max"), default=None, help="min: lower is better (default for the built-in metrics)")
+    parser.add_argument("--mode", choices=("min", "max"), default="min", help="min: lower is better, as for every built-in metric (default)")
     parser.add_argument("--min-improvement", type=float, default=0.0, help="how much better the candidate must be (absolute)")
     add_evaluation_arguments(parser, default_metrics=None, data_required=False)
     return parser
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.rollback and args.data is None:
+        parser.error("--data is required to promote (the candidate and the champion are compared on it)")
     client = MlflowClient()
     if args.rollback:
         try:
@@ -45,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mmdiff promote: error: {error}", file=sys.stderr)
             return 2
         return 0
-    if args.data is None:
-        parser.error("--data is required to promote (the candidate and the champion are compared on it)")
     try:
         if args.metric not in METRICS:
             raise ValueError(f"--metric {args.metric!r} is not one of {', '.join(METRICS)}")
-        policy = PromotionPolicy(args.metric, args.mode or ("min" if args.metric in LOWER_IS_BETTER else "max"), args.min_improvement)
+        policy = PromotionPolicy(args.metric, args.mode, args.min_improvement)
         config = evaluation_config(args, metrics=(args.metric,))
         candidate = get_version(client, args.name, args.version) if args.version else version_of_run(client, args.name, args.run_id)
         clips = read_reference_clips(args.data, config.num_samples)
-        evidence = Evidence(clips.data_uri, clips.digest, config.settings_digest())
+        evidence = Evidence(clips.data_uri, clips.digest, clips.manifest_sha256, config.settings_digest())
         evaluated: dict[str, dict[str, float]] = {}
 
         def evaluate_version(version: ModelVersion) -> dict[str, float]:

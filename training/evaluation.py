@@ -26,10 +26,12 @@ from mmdiffusion.media import audio_from_int16, video_from_uint8, video_to_uint8
 from mmdiffusion.metrics import ExtractorConfig, build_audio_extractor, build_video_extractor, frechet_distance_of_features, mmd2_unbiased
 from mmdiffusion.sampling import SamplerConfig, clip_shapes, sample_joint
 from pipeline.shards import SHARD_FOLDER, shard_number
-from pipeline.storage import exists, join, resolve
+from pipeline.storage import join, read_bytes, resolve
 
 METRICS = ("val_loss", "fvd", "kvd", "fad")
-LOWER_IS_BETTER = frozenset({"val_loss", "val_video_loss", "val_audio_loss", "fvd", "kvd", "fad"})
+"""All lower-is-better."""
+MANIFEST_FILE = "manifest.parquet"
+"""Written by `mmdiff preprocess` beside the shards folder."""
 
 Generator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """`generate(n) -> (video uint8 [n, F, H, W, 3], audio float [n, 1, L] in [-1, 1])`."""
@@ -43,7 +45,8 @@ class EvaluationDataError(ValueError):
 class EvaluationConfig:
     metrics: tuple[str, ...] = ("val_loss",)
     num_samples: int = 16
-    """Reference clips read (and samples generated) for the evaluation."""
+    """Reference clips read (and samples generated) for the evaluation; FVD, KVD and FAD
+    need at least 2, the held-out loss alone works with 1."""
     loss_timesteps: tuple[int, ...] = (50, 250, 500, 750, 950)
     """Diffusion steps at which every clip's loss is measured."""
     noise_seed: int = 0
@@ -57,8 +60,9 @@ class EvaluationConfig:
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown or not self.metrics:
             raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 (the metrics need two clips per set), got {self.num_samples}")
+        minimum = 2 if set(self.metrics) - {"val_loss"} else 1
+        if self.num_samples < minimum:
+            raise ValueError(f"num_samples must be >= {minimum} for metrics {', '.join(self.metrics)}, got {self.num_samples}")
         if not self.loss_timesteps or not all(0 <= t < self.diffusion.steps for t in self.loss_timesteps):
             raise ValueError(f"loss_timesteps must lie in 0..{self.diffusion.steps - 1}, got {self.loss_timesteps}")
         if self.batch_size < 1:
@@ -86,6 +90,8 @@ class ReferenceClips:
     audio: np.ndarray
     keys: list[str]
     data_uri: str
+    manifest_sha256: str = "missing"
+    """Digest of the dataset's manifest.parquet, "missing" when it has none."""
     skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -102,16 +108,22 @@ class EvaluationResult:
     metrics: dict[str, float]
     data_uri: str
     data_digest: str
+    manifest_sha256: str
     settings_digest: str
     num_clips: int
     skipped: list[str]
 
 
+def _exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
 def list_shard_uris(data_uri: str) -> list[str]:
     """The `shard-NNNNNN.tar` files under `DATA/shards` (or `DATA` itself), in order."""
-    if not exists(data_uri):
+    if not _exists(data_uri):
         raise EvaluationDataError(f"evaluation data {data_uri!r} does not exist")
-    folder = join(data_uri, SHARD_FOLDER) if exists(join(data_uri, SHARD_FOLDER)) else data_uri
+    folder = join(data_uri, SHARD_FOLDER) if _exists(join(data_uri, SHARD_FOLDER)) else data_uri
     fs, path = resolve(folder)
     names = sorted(
         info.base_name
@@ -168,12 +180,20 @@ def read_reference_clips(data_uri: str, limit: int) -> ReferenceClips:
         keys.append(str(sample["__key__"]))
         if len(keys) == limit:
             break
-    if len(keys) < 2:
+    if not keys:
         raise EvaluationDataError(
-            f"evaluation data {data_uri!r}: only {len(keys)} usable clips (need 2 or more)"
+            f"evaluation data {data_uri!r}: no usable clips"
             + (f"; problems: {'; '.join(problems[:5])}" if problems else "")
         )
-    return ReferenceClips(np.stack(videos), np.stack(audios), keys, data_uri, problems)
+    return ReferenceClips(np.stack(videos), np.stack(audios), keys, data_uri, _manifest_sha256(data_uri), problems)
+
+
+def _manifest_sha256(data_uri: str) -> str:
+    """The manifest beside the shards: in DATA, or in the parent when DATA is the shards folder."""
+    for candidate in (join(data_uri, MANIFEST_FILE), join(data_uri.rstrip("/").rsplit("/", 1)[0], MANIFEST_FILE)):
+        if _exists(candidate):
+            return hashlib.sha256(read_bytes(candidate)).hexdigest()
+    return "missing"
 
 
 _Work = tuple[int, int, torch.Tensor, torch.Tensor]
@@ -283,10 +303,12 @@ def evaluate(
     sample_metrics = tuple(name for name in config.metrics if name != "val_loss")
     if sample_metrics:
         generate = generate or SamplerGenerator(model, config.diffusion, config.sampler, config.noise_seed, config.batch_size)
+        if len(clips) < 2:
+            raise EvaluationDataError(f"{', '.join(sample_metrics)} need at least 2 reference clips, {clips.data_uri!r} has {len(clips)}")
         video, audio = generate(len(clips))
         _check_generated(video, audio, len(clips))
         metrics.update(distribution_metrics(video, np.asarray(audio, dtype=np.float32), clips, sample_metrics, config.extractors))
-    return EvaluationResult(metrics, clips.data_uri, clips.digest, config.settings_digest(), len(clips), list(clips.skipped))
+    return EvaluationResult(metrics, clips.data_uri, clips.digest, clips.manifest_sha256, config.settings_digest(), len(clips), list(clips.skipped))
 
 
 def _check_generated(video: np.ndarray, audio: np.ndarray, count: int) -> None:
@@ -338,6 +360,7 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
         mlflow.log_params({
             "data_uri": result.data_uri,
             "data_digest": result.data_digest,
+            "data_manifest_sha256": result.manifest_sha256,
             "settings_digest": result.settings_digest,
             "num_clips": result.num_clips,
             "metrics": ",".join(config.metrics),

@@ -30,6 +30,7 @@ CHALLENGER = "challenger"
 EVAL_TAG = "mmdiff.eval."
 DATA_URI_TAG = EVAL_TAG + "data_uri"
 DATA_DIGEST_TAG = EVAL_TAG + "data_digest"
+MANIFEST_TAG = EVAL_TAG + "data_manifest_sha256"
 SETTINGS_TAG = EVAL_TAG + "settings_digest"
 COMMIT_TAG = EVAL_TAG + "commit"
 REPLACED_TAG = "mmdiff.promotion.replaced_version"
@@ -65,14 +66,22 @@ class PromotionPolicy:
 
 @dataclass(frozen=True)
 class Evidence:
-    """Where metric values come from: the data, its digest and the evaluation settings."""
+    """Where metric values come from: the data (URI, digest of the clips used, the dataset's
+    manifest) and the evaluation settings."""
 
     data_uri: str
     data_digest: str
+    manifest_sha256: str
     settings_digest: str
 
     def tags(self) -> dict[str, str]:
-        return {DATA_URI_TAG: self.data_uri, DATA_DIGEST_TAG: self.data_digest, SETTINGS_TAG: self.settings_digest, COMMIT_TAG: source_commit()}
+        return {
+            DATA_URI_TAG: self.data_uri,
+            DATA_DIGEST_TAG: self.data_digest,
+            MANIFEST_TAG: self.manifest_sha256,
+            SETTINGS_TAG: self.settings_digest,
+            COMMIT_TAG: source_commit(),
+        }
 
     def matches(self, version: ModelVersion) -> bool:
         tags = version.tags or {}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pyarrow
+import pyarrow.parquet
 import pytest
 import torch
 import webdataset
@@ -90,7 +92,7 @@ class ReferenceShards:
 @pytest.fixture(scope="session")
 def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShards:
     """OUTPUT/shards/ with two shards of synthetic clips (a moving gradient and a tone),
-    the first also holding one sample whose video has the wrong size."""
+    the first also holding one sample whose video has the wrong size, and OUTPUT/manifest.parquet."""
     root = tmp_path_factory.mktemp("evaluation-data")
     (root / "shards").mkdir()
     rng = np.random.default_rng(0)
@@ -109,4 +111,5 @@ def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShard
             if shard == 0:
                 small = np.zeros((FRAMES, 32, 32, 3), dtype=np.uint8)
                 writer.write({"__key__": broken, "video.npy": small, "audio.npy": audio, "json": {"source": broken}})
+    pyarrow.parquet.write_table(pyarrow.table({"key": keys}), root / "manifest.parquet")
     return ReferenceShards(root, tuple(keys), broken)

@@ -3,6 +3,7 @@ default: register versions, promote the better one, refuse a worse one, roll bac
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from training.registry import (
     CHAMPION,
     COMMIT_TAG,
     DATA_DIGEST_TAG,
+    MANIFEST_TAG,
     PREVIOUS,
     PromotionPolicy,
     RegistryError,
@@ -59,6 +61,7 @@ def test_promote_refuse_rollback_and_sample_by_alias(
     tags = client.get_model_version(model_name, "2").tags
     assert float(tags["mmdiff.eval.val_loss"]) < float(client.get_model_version(model_name, "1").tags["mmdiff.eval.val_loss"])
     assert tags[DATA_DIGEST_TAG] and len(tags[COMMIT_TAG]) in (40, len("unknown"))
+    assert tags[MANIFEST_TAG] == hashlib.sha256((reference_shards.root / "manifest.parquet").read_bytes()).hexdigest()
     assert "promoted" in tags["mmdiff.promotion.decision"]
 
     worst_run = _register(worst, model_name)
