@@ -40,7 +40,7 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
         batch_size=args.batch_size,
         sampler=SamplerConfig(name=args.sampler, steps=args.sampler_steps),
         extractors=ExtractorConfig(i3d_weights=args.i3d_weights, audio_model=args.audio_model,
-                                   audio_weights=args.audio_weights, batch_size=args.batch_size),
+                                   audio_weights=args.audio_weights, batch_size=args.batch_size, device=args.device),
     )
 
 

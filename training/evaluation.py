@@ -77,7 +77,7 @@ class EvaluationConfig:
             "batch_size": self.batch_size,
             "diffusion": asdict(self.diffusion),
             "sampler": asdict(self.sampler),
-            "extractors": {key: value for key, value in asdict(self.extractors).items() if key != "batch_size"},
+            "extractors": {key: value for key, value in asdict(self.extractors).items() if key not in ("batch_size", "device")},
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

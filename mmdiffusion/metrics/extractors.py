@@ -33,6 +33,8 @@ class ExtractorConfig:
     audio_weights: str | None = None
     batch_size: int = 4
     """Clips per I3D forward pass."""
+    device: str = "cpu"
+    """torch device of the I3D and VGGish networks (YAMNet runs in ONNX Runtime on the CPU)."""
 
     def __post_init__(self) -> None:
         if self.audio_model not in AUDIO_MODELS:
@@ -56,24 +58,25 @@ class I3DFeatures:
         if video.dtype != np.uint8 or video.ndim != 5 or video.shape[-1] != 3:
             raise ValueError(f"video must be uint8 [N, frames, H, W, 3], got {video.dtype} {video.shape}")
         rows = []
+        device = next(self.network.parameters()).device
         for start in range(0, len(video), self.batch_size):
-            clips = torch.from_numpy(video[start:start + self.batch_size]).float() / 127.5 - 1.0
+            clips = torch.from_numpy(video[start:start + self.batch_size]).to(device).float() / 127.5 - 1.0
             frames = rearrange(clips, "b f h w c -> (b f) c h w")
             frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
             batch = rearrange(frames, "(b f) c h w -> b c f h w", b=clips.shape[0])
-            rows.append(self.network(batch).double().numpy())
+            rows.append(self.network(batch).double().cpu().numpy())
         return np.concatenate(rows)
 
 
 def build_video_extractor(config: ExtractorConfig) -> I3DFeatures:
-    return I3DFeatures(load_i3d(config.i3d_weights), config.batch_size)
+    return I3DFeatures(load_i3d(config.i3d_weights).to(config.device), config.batch_size)
 
 
 def build_audio_extractor(config: ExtractorConfig) -> AudioExtractor:
     if config.audio_model == "vggish":
         from mmdiffusion.metrics.vggish import VGGishEmbedder, load_vggish
 
-        return VGGishEmbedder(load_vggish(Path(str(config.audio_weights))))
+        return VGGishEmbedder(load_vggish(Path(str(config.audio_weights))).to(config.device))
     from mmdiffusion.metrics.yamnet import YamNetEmbedder
 
     return YamNetEmbedder(config.audio_weights)

@@ -61,8 +61,9 @@ class VGGishEmbedder:
         waveforms = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
         patches = log_mel_patches(waveforms.reshape(waveforms.shape[0], -1), VGGISH_LOG_MEL)
         count, per_clip = patches.shape[:2]
-        embeddings = self.network(rearrange(patches, "n p t f -> (n p) 1 t f"))
-        return rearrange(embeddings, "(n p) d -> n p d", n=count, p=per_clip).mean(dim=1).numpy()
+        device = next(self.network.parameters()).device
+        embeddings = self.network(rearrange(patches, "n p t f -> (n p) 1 t f").to(device))
+        return rearrange(embeddings, "(n p) d -> n p d", n=count, p=per_clip).mean(dim=1).cpu().numpy()
 
 
 def load_vggish(path: str | Path) -> VGGish:
