@@ -47,7 +47,7 @@ class ShardRecord:
     """CPU time of the worker process on this unit (decoding is single-threaded)."""
 
 
-def _decoding_failures_as_media_errors(clips: Iterator[Clip], uri: str) -> Iterator[Clip]:
+def decoding_failures_as_media_errors(clips: Iterator[Clip], uri: str) -> Iterator[Clip]:
     """Any unexpected failure inside decoding becomes a decode_error of this source, so that
     one strange file cannot fail the shard; failures while writing still propagate."""
     try:
@@ -65,7 +65,7 @@ def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[l
     rows: list[dict] = []
     try:
         info, clips = open_source(uri, options)
-        for clip in _decoding_failures_as_media_errors(clips, uri):
+        for clip in decoding_failures_as_media_errors(clips, uri):
             key = sample_key(uri, clip.index)
             writer.write(key, encode_sample(clip, info))
             rows.append({"key": key, "shard": writer.relative_path, "source": uri, "clip_index": clip.index,

@@ -18,7 +18,8 @@ from pipeline.listing import list_inputs
 from pipeline.resume import plan_tasks, read_records, remove_unfinished
 from pipeline.samples import encode_sample, jpeg_strip_to_frames, sr_member_name
 from pipeline.shards import ShardWriter
-from pipeline.task import ShardTask, run_shard_task
+from pipeline.errors import MediaError
+from pipeline.task import ShardTask, decoding_failures_as_media_errors, run_shard_task
 from tests.fixtures.media import MediaSet
 
 
@@ -130,3 +131,14 @@ def test_resume_removes_unrecorded_shards_and_plans_only_unfinished_sources(tmp_
     assert [task.number for task in tasks] == list(range(1, len(tasks) + 1))  # after the recorded shard 0
     assert [uri for task in tasks for uri in task.sources] == sources[2:]
     assert all(1 <= len(task.sources) <= 2 for task in tasks)
+
+
+def test_an_unexpected_failure_inside_decoding_becomes_a_decode_error_of_that_source() -> None:
+    def clips_then_failure():
+        yield "first clip"
+        raise RuntimeError("resampler refused a frame")
+
+    guarded = decoding_failures_as_media_errors(clips_then_failure(), "/corpus/odd.mp4")
+    assert next(guarded) == "first clip"
+    with pytest.raises(MediaError, match="odd.mp4: decode_error: RuntimeError: resampler refused a frame"):
+        next(guarded)
