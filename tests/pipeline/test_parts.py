@@ -13,12 +13,12 @@ import webdataset as wds
 
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SIZE
 from pipeline.decode import ClipOptions, load_clip, open_source
+from pipeline.errors import MediaError
 from pipeline.frames import fit_square, scaled_size
 from pipeline.listing import list_inputs
 from pipeline.resume import plan_tasks, read_records, remove_unfinished
 from pipeline.samples import encode_sample, jpeg_strip_to_frames, sr_member_name
 from pipeline.shards import ShardWriter
-from pipeline.errors import MediaError
 from pipeline.task import ShardTask, decoding_failures_as_media_errors, run_shard_task
 from tests.fixtures.media import MediaSet
 
