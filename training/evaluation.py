@@ -347,11 +347,13 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
     Returns the evaluation run's id."""
     import mlflow
 
+    client = mlflow.MlflowClient()
     source_run = model_source_run(model_uri)
     if source_run is not None:
-        experiment_id = mlflow.MlflowClient().get_run(source_run).info.experiment_id
+        experiment_id = client.get_run(source_run).info.experiment_id
     else:
-        experiment_id = mlflow.set_experiment(EVALUATION_EXPERIMENT).experiment_id
+        experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EVALUATION_EXPERIMENT)
     tags = {"mmdiff.evaluated_model": model_uri, "mmdiff.run_kind": "evaluation"}
     if source_run is not None:
         tags["mmdiff.model_run_id"] = source_run

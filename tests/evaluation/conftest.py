@@ -20,12 +20,18 @@ from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SAMPLE_RATE
 
 
 def _use_tracking_uri(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point MLflow at `uri` with a fresh experiment, and put every global MLflow keeps
+    (tracking URI, active experiment, their environment variables) back afterwards, so that
+    the tests of other areas in the same session see MLflow as they left it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(f"evaluation-{uuid.uuid4().hex[:8]}")
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

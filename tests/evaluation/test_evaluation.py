@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
+from mmdiffusion import save_model
 from mmdiffusion.sampling import SamplerConfig
 from tests.evaluation.conftest import ReferenceShards, micro_model
 from training.evaluation import (
+    EVALUATION_EXPERIMENT,
     EvaluationConfig,
     EvaluationDataError,
+    EvaluationResult,
     distribution_metrics,
     evaluate,
     held_out_loss,
+    log_evaluation,
+    model_source_run,
     read_reference_clips,
 )
+from training.model_store import log_model
 
 FAST = {"num_samples": 1, "loss_timesteps": (300,), "batch_size": 1}
 """One clip, one network call per held-out loss: the micro model takes seconds per clip on a busy CPU."""
@@ -80,3 +88,21 @@ def test_evaluation_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         EvaluationConfig(metrics=("val_loss", "fvd"), num_samples=1)
     assert EvaluationConfig(**FAST).settings_digest() != EvaluationConfig(noise_seed=1, **FAST).settings_digest()
+
+
+def test_evaluation_runs_link_to_the_models_run_for_every_uri_form(embedded_tracking_uri: str, model_name: str, tmp_path) -> None:
+    with mlflow.start_run() as run:
+        model_id_uri = log_model(micro_model(seed=0), registered_model_name=model_name)
+    MlflowClient().set_registered_model_alias(model_name, "champion", "1")
+    for uri in (model_id_uri, f"runs:/{run.info.run_id}/model", f"models:/{model_name}/1", f"models:/{model_name}@champion"):
+        assert model_source_run(uri) == run.info.run_id, uri
+    local = str(save_model(tmp_path / "model.safetensors", micro_model(seed=0)))
+    assert model_source_run(local) is None
+
+    result = EvaluationResult({"val_loss": 1.5}, "data", "digest", "missing", "settings", 1, [])
+    linked = MlflowClient().get_run(log_evaluation(result, f"models:/{model_name}@champion", EvaluationConfig(**FAST)))
+    assert linked.info.experiment_id == run.info.experiment_id
+    assert linked.data.tags["mmdiff.model_run_id"] == run.info.run_id and linked.data.metrics["val_loss"] == 1.5
+    unlinked = MlflowClient().get_run(log_evaluation(result, local, EvaluationConfig(**FAST)))
+    assert MlflowClient().get_experiment(unlinked.info.experiment_id).name == EVALUATION_EXPERIMENT
+    assert "mmdiff.model_run_id" not in unlinked.data.tags and unlinked.data.params["data_digest"] == "digest"
