@@ -106,3 +106,17 @@ def test_evaluation_runs_link_to_the_models_run_for_every_uri_form(embedded_trac
     unlinked = MlflowClient().get_run(log_evaluation(result, local, EvaluationConfig(**FAST)))
     assert MlflowClient().get_experiment(unlinked.info.experiment_id).name == EVALUATION_EXPERIMENT
     assert "mmdiff.model_run_id" not in unlinked.data.tags and unlinked.data.params["data_digest"] == "digest"
+
+
+def test_reference_clips_read_from_s3_are_the_local_ones(s3_server, reference_shards: ReferenceShards, monkeypatch) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.make_bucket("evaluation-clips")
+    client = s3_server.client()
+    for path in sorted((reference_shards.root / "shards").iterdir()):
+        client.upload_file(str(path), bucket.removeprefix("s3://"), f"data/shards/{path.name}")
+    remote = read_reference_clips(f"{bucket}/data", limit=10)
+    local = read_reference_clips(str(reference_shards.root), limit=10)
+    assert remote.keys == local.keys and remote.digest == local.digest
+    assert np.array_equal(remote.video, local.video) and np.array_equal(remote.audio, local.audio)
+    assert len(remote.skipped) == 1 and reference_shards.broken_key in remote.skipped[0]
