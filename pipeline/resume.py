@@ -1,15 +1,18 @@
-"""Exactly-once bookkeeping: which sources are finished, which shards are orphans, what to do next."""
+"""Exactly-once bookkeeping: the plan of units, which are finished, which shards are orphans."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import pyarrow.fs as pafs
 
 from pipeline.shards import SHARD_FOLDER, shard_number
-from pipeline.storage import TEMPORARY_PREFIX, join, read_bytes, resolve
+from pipeline.storage import TEMPORARY_PREFIX, join, read_bytes, resolve, write_atomically
 from pipeline.task import PARTS_FOLDER, ShardRecord, ShardTask, record_from_json
 
+PLAN_FILE = "_plan.json"
 _READ_THREADS = 16
 
 
@@ -49,10 +52,33 @@ def remove_unfinished(output_uri: str, records: list[ShardRecord]) -> list[str]:
     return removed
 
 
-def plan_tasks(inputs: list[str], records: list[ShardRecord], videos_per_shard: int) -> list[ShardTask]:
-    """Units for the sources no record covers, numbered after the last finished unit."""
-    done = {source for record in records for source in record.sources}
-    pending = [uri for uri in inputs if uri not in done]
-    first = max((record.number for record in records), default=-1) + 1
-    return [ShardTask(number=first + index, sources=pending[start: start + videos_per_shard])
-            for index, start in enumerate(range(0, len(pending), videos_per_shard))]
+def read_plan(output_uri: str) -> list[ShardTask]:
+    """The units every earlier run planned (empty for a new output)."""
+    uri = join(output_uri, PLAN_FILE)
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    return [ShardTask(**unit) for unit in json.loads(read_bytes(uri))["units"]]
+
+
+def extend_plan(plan: list[ShardTask], records: list[ShardRecord], inputs: list[str],
+                videos_per_shard: int) -> list[ShardTask]:
+    """`plan` plus units for the inputs no planned or recorded unit holds, numbered after them.
+
+    A planned unit keeps its number and sources for ever, so a rerun redoes an unfinished unit
+    under the same shard name: even a task of a killed run that still finishes it writes the
+    same shard and record, never a second copy of its clips."""
+    known = {source for unit in plan for source in unit.sources} | {s for r in records for s in r.sources}
+    new = [uri for uri in inputs if uri not in known]
+    first = max([unit.number for unit in plan] + [record.number for record in records], default=-1) + 1
+    return plan + [ShardTask(number=first + index, sources=new[start: start + videos_per_shard])
+                   for index, start in enumerate(range(0, len(new), videos_per_shard))]
+
+
+def write_plan(output_uri: str, plan: list[ShardTask]) -> None:
+    write_atomically(join(output_uri, PLAN_FILE), json.dumps({"units": [asdict(unit) for unit in plan]}).encode("utf-8"))
+
+
+def unfinished_units(plan: list[ShardTask], records: list[ShardRecord]) -> list[ShardTask]:
+    finished = {record.number for record in records}
+    return [unit for unit in plan if unit.number not in finished]

@@ -19,7 +19,7 @@ from pipeline.config import PreprocessConfig, PreprocessStats
 from pipeline.decode import ClipOptions
 from pipeline.listing import list_inputs
 from pipeline.outputs import write_outputs
-from pipeline.resume import plan_tasks, read_records, remove_unfinished
+from pipeline.resume import extend_plan, read_plan, read_records, remove_unfinished, unfinished_units, write_plan
 from pipeline.task import ShardRecord, ShardTask, record_from_json, run_shard_task
 
 __all__ = ["PreprocessConfig", "PreprocessStats", "preprocess"]
@@ -76,15 +76,17 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRec
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
     """Decode every unfinished source of `config.input` into shards under `config.output`.
 
-    Safe to rerun: finished sources are skipped, shards left by a crash before they were
-    recorded are removed and their sources redone, so each clip is written exactly once.
+    Safe to rerun: finished units are skipped and unfinished ones are redone under the shard
+    names planned for them, so each clip is written exactly once.
     """
     started = time.perf_counter()
     inputs = list_inputs(config.input)
     earlier = read_records(config.output)
+    plan = extend_plan(read_plan(config.output), earlier, inputs, config.videos_per_shard)
+    write_plan(config.output, plan)
     for name in remove_unfinished(config.output, earlier):
         log.warning("removed unfinished %s left by an interrupted run", name)
-    tasks = plan_tasks(inputs, earlier, config.videos_per_shard)
+    tasks = unfinished_units(plan, earlier)
     log.info("%d inputs, %d to decode in %d shards", len(inputs), sum(len(t.sources) for t in tasks), len(tasks))
     new = run_tasks(tasks, config) if tasks else []
     records = sorted(earlier + new, key=lambda record: record.number)

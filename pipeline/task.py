@@ -2,7 +2,7 @@
 
 A unit is finished when its record `OUTPUT/_parts/shard-NNNNNN.json` exists. The record is
 written only after the shard was committed, and lists the unit's sources, its clips (the
-manifest rows) and the sources that gave errors, so a rerun skips finished sources exactly.
+manifest rows) and the sources that gave errors, so a rerun skips finished units exactly.
 """
 
 from __future__ import annotations

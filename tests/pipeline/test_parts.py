@@ -16,7 +16,7 @@ from pipeline.decode import ClipOptions, load_clip, open_source
 from pipeline.errors import MediaError
 from pipeline.frames import fit_square, scaled_size
 from pipeline.listing import list_inputs
-from pipeline.resume import plan_tasks, read_records, remove_unfinished
+from pipeline.resume import extend_plan, read_plan, read_records, remove_unfinished, unfinished_units, write_plan
 from pipeline.samples import encode_sample, jpeg_strip_to_frames, sr_member_name
 from pipeline.shards import ShardWriter
 from pipeline.task import ShardTask, decoding_failures_as_media_errors, run_shard_task
@@ -118,19 +118,22 @@ def test_shard_task_records_bad_files_with_their_reason_and_keeps_good_clips(tmp
     assert json.loads((tmp_path / "_parts" / "shard-000007.json").read_text())["sources"] == sources
 
 
-def test_resume_removes_unrecorded_shards_and_plans_only_unfinished_sources(tmp_path: Path, media_set: MediaSet) -> None:
+def test_resume_redoes_unfinished_units_under_their_planned_names(tmp_path: Path, media_set: MediaSet) -> None:
     sources = [str(path) for path in media_set.good.values()]
-    run_shard_task(ShardTask(number=0, sources=sources[:2]), str(tmp_path), ClipOptions(max_clips=1))
-    orphan = tmp_path / "shards" / "shard-000001.tar"
-    orphan.write_bytes(b"left by a crash before its record")
+    plan = extend_plan([], [], sources, videos_per_shard=2)
+    assert [unit.number for unit in plan] == list(range(len(plan)))
+    assert [uri for unit in plan for uri in unit.sources] == sources and all(len(unit.sources) <= 2 for unit in plan)
+    write_plan(str(tmp_path), plan)
+    run_shard_task(plan[0], str(tmp_path), ClipOptions(max_clips=1))
+    (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"left by a crash before its record")
     (tmp_path / "shards" / ".tmp-123-shard-000002.tar").write_bytes(b"half")
     records = read_records(str(tmp_path))
     assert sorted(remove_unfinished(str(tmp_path), records)) == [".tmp-123-shard-000002.tar", "shard-000001.tar"]
     assert [path.name for path in (tmp_path / "shards").iterdir()] == ["shard-000000.tar"]
-    tasks = plan_tasks(sources, records, videos_per_shard=2)
-    assert [task.number for task in tasks] == list(range(1, len(tasks) + 1))  # after the recorded shard 0
-    assert [uri for task in tasks for uri in task.sources] == sources[2:]
-    assert all(1 <= len(task.sources) <= 2 for task in tasks)
+    assert read_plan(str(tmp_path)) == plan
+    assert unfinished_units(plan, records) == plan[1:]
+    added = str(media_set.bad["too_short"])
+    assert extend_plan(plan, records, [*sources, added], videos_per_shard=2) == [*plan, ShardTask(len(plan), [added])]
 
 
 def test_an_unexpected_failure_inside_decoding_becomes_a_decode_error_of_that_source() -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +83,14 @@ def test_crash_before_recording_a_shard_is_redone_exactly_once(ray_runtime, medi
     config = PreprocessConfig(input=str(media_set.folder), output=str(tmp_path), workers=2, videos_per_shard=4,
                               max_clips_per_video=1)
     first = preprocess(config)
+    shard = tmp_path / "shards" / "shard-000001.tar"
+    committed = shard.read_bytes()
     (tmp_path / "_parts" / "shard-000001.json").unlink()  # the shard was committed, its record lost
     again = preprocess(config)
-    assert again.clips > 0 and again.clips_total == first.clips_total
+    assert again.clips > 0 and again.shards == 1 and again.clips_total == first.clips_total
     keys = [sample["__key__"] for sample in read_shards(tmp_path)]
     assert len(keys) == len(set(keys)) == first.clips_total
-    assert not (tmp_path / "shards" / "shard-000001.tar").exists()
+    assert shard.read_bytes() == committed  # redone under its planned name, byte for byte
 
 
 def test_cli_reads_a_list_file_and_stores_sr_frames(ray_runtime, media_set: MediaSet, tmp_path: Path) -> None:
@@ -144,3 +150,29 @@ def test_load_clip_reads_s3_uris_like_local_files(
     remote_video, remote_audio = load_clip(f"s3://conditioning/{local.name}", 1.5)
     local_video, local_audio = load_clip(str(local), 1.5)
     assert np.array_equal(remote_video, local_video) and np.array_equal(remote_audio, local_audio)
+
+
+def test_killed_job_joined_through_ray_address_resumes_without_duplicates(
+    ray_runtime, media_set: MediaSet, tmp_path: Path
+) -> None:
+    import ray
+
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "jobs.preprocess", "--input", str(media_set.folder), "--output", str(output),
+               "--workers", "1", "--videos-per-shard", "1"]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = output / "_parts"
+    deadline = time.monotonic() + 120
+    while not (parts.is_dir() and any(parts.glob("shard-*.json"))) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.kill()
+    job.wait()
+    finished_before_kill = len(list(parts.glob("shard-*.json")))
+    units = len(media_set.good) + len(media_set.bad)
+    assert 1 <= finished_before_kill < units, "the job must be killed part-way"
+    stats = preprocess(PreprocessConfig(input=str(media_set.folder), output=str(output), workers=2, videos_per_shard=1))
+    assert stats.inputs_skipped == finished_before_kill
+    keys = [sample["__key__"] for sample in read_shards(output)]
+    assert len(keys) == len(set(keys)) == stats.clips_total == CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR
