@@ -173,6 +173,6 @@ def test_killed_job_joined_through_ray_address_resumes_without_duplicates(
     units = len(media_set.good) + len(media_set.bad)
     assert 1 <= finished_before_kill < units, "the job must be killed part-way"
     stats = preprocess(PreprocessConfig(input=str(media_set.folder), output=str(output), workers=2, videos_per_shard=1))
-    assert stats.inputs_skipped == finished_before_kill
+    assert stats.inputs_skipped >= finished_before_kill  # a task of the killed run may still have finished
     keys = [sample["__key__"] for sample in read_shards(output)]
     assert len(keys) == len(set(keys)) == stats.clips_total == CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR
