@@ -23,7 +23,6 @@ class GaussianStatistics:
 
     mean: np.ndarray
     covariance: np.ndarray
-    count: int
 
     @classmethod
     def of(cls, features: np.ndarray) -> "GaussianStatistics":
@@ -33,7 +32,7 @@ class GaussianStatistics:
             raise ValueError(f"features must be [N, D] with N >= 2, got shape {features.shape}")
         if not np.isfinite(features).all():
             raise ValueError("features contain NaN or infinite values")
-        return cls(features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1), features.shape[0])
+        return cls(features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1))
 
 
 def symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ def _random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
 def test_frechet_distance_of_diagonal_gaussians_has_the_closed_form() -> None:
     mean1, mean2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
     var1, var2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
-    first = GaussianStatistics(mean1, np.diag(var1), count=100)
-    second = GaussianStatistics(mean2, np.diag(var2), count=100)
+    first = GaussianStatistics(mean1, np.diag(var1))
+    second = GaussianStatistics(mean2, np.diag(var2))
     expected = np.sum((mean1 - mean2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
     assert frechet_distance(first, second) == pytest.approx(expected, rel=1e-12)
 
@@ -33,7 +33,7 @@ def test_frechet_distance_matches_scipy_sqrtm_on_full_covariances() -> None:
         np.sum((mean1 - mean2) ** 2) + np.trace(sigma1) + np.trace(sigma2)
         - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
     )
-    ours = frechet_distance(GaussianStatistics(mean1, sigma1, 2), GaussianStatistics(mean2, sigma2, 2))
+    ours = frechet_distance(GaussianStatistics(mean1, sigma1), GaussianStatistics(mean2, sigma2))
     assert ours == pytest.approx(reference, rel=1e-9)
 
 
@@ -42,7 +42,7 @@ def test_frechet_distance_of_samples_converges_to_the_true_distance() -> None:
     dim = 4
     sigma1, sigma2 = _random_covariance(rng, dim), _random_covariance(rng, dim)
     mean1, mean2 = np.zeros(dim), np.full(dim, 0.5)
-    truth = frechet_distance(GaussianStatistics(mean1, sigma1, 2), GaussianStatistics(mean2, sigma2, 2))
+    truth = frechet_distance(GaussianStatistics(mean1, sigma1), GaussianStatistics(mean2, sigma2))
     samples1 = rng.multivariate_normal(mean1, sigma1, size=20_000)
     samples2 = rng.multivariate_normal(mean2, sigma2, size=20_000)
     assert frechet_distance_of_features(samples1, samples2) == pytest.approx(truth, rel=0.05)
