@@ -58,18 +58,22 @@ def clip_loader(shards: list[str], clips: int, batch_size: int) -> float:
 
 def ray_data_loader(shards: list[str], clips: int, batch_size: int) -> float:
     import ray
+    from ray.data.collate_fn import NumpyBatchCollateFn
 
-    def to_model_layout(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        video = torch.from_numpy(np.stack(batch["video.npy"])).permute(0, 1, 4, 2, 3)
-        audio = torch.from_numpy(np.stack(batch["audio.npy"]))
-        return {
-            "video": video.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 127.5).sub_(1.0),
-            "audio": audio.to(torch.float32).div_(AUDIO_SCALE),
-        }
+    class ToModelLayout(NumpyBatchCollateFn):
+        """The same float conversion and layout as `training.loader.collate`."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            video = torch.from_numpy(np.stack(batch["video.npy"])).permute(0, 1, 4, 2, 3)
+            audio = torch.from_numpy(np.stack(batch["audio.npy"]))
+            return {
+                "video": video.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 127.5).sub_(1.0),
+                "audio": audio.to(torch.float32).div_(AUDIO_SCALE),
+            }
 
     dataset = ray.data.read_webdataset(shards, suffixes=["video.npy", "audio.npy"])
     start, seen = time.perf_counter(), 0
-    for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=to_model_layout, local_shuffle_buffer_size=64):
+    for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=ToModelLayout(), local_shuffle_buffer_size=64):
         seen += batch["video"].shape[0]
         if seen >= clips:
             break

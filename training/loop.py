@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,19 @@ class LoopOutcome:
     metrics: dict[str, float]
 
 
+@dataclass
+class Trainee:
+    """The network and everything that updates it."""
+
+    model: nn.Module
+    """The bare network: what checkpoints save and the EMA follows."""
+    prepared: nn.Module
+    """The same weights on the worker's device, wrapped for DDP when distributed."""
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
 def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> LoopOutcome:
     config = TrainConfig.from_dict(loop_inputs["config"])
     session = session or RaySession()
@@ -68,10 +82,14 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
             resumed_from = state.step
         prepared = session.prepare(model)
         ema.model.to(session.device)
-        optimizer = torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16")
+        # The optimizer is built after the move to the device, so its state loads onto it.
+        trainee = Trainee(
+            model, prepared, ema,
+            torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+            torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
+        )
         if folder is not None:
-            restore_weights(folder, model, ema, optimizer, scaler)
+            restore_weights(folder, model, ema, trainee.optimizer, trainee.scaler)
     # Different noise and timesteps on each worker, and after each resume.
     torch.manual_seed(config.seed + 1000 * state.step + session.rank + 1)
     loader = ClipLoader(
@@ -88,7 +106,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
     try:
         if resumed_from is not None:
             logger.log({"resumed_from_step": float(resumed_from)}, step=resumed_from)
-        outcome = _run_steps(config, session, task, prepared, model, ema, optimizer, scaler, loader, logger, state)
+        outcome = _run_steps(config, session, task, trainee, loader, logger, state)
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
@@ -99,11 +117,7 @@ def _run_steps(
     config: TrainConfig,
     session: Session,
     task: Task,
-    prepared: nn.Module,
-    model: nn.Module,
-    ema: EMA,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
+    trainee: Trainee,
     loader: ClipLoader,
     logger: MetricLogger,
     state: RunState,
@@ -112,9 +126,9 @@ def _run_steps(
     interval = IntervalMetrics(task.loss_names, session.device)
     step, nonfinite, consecutive = state.step, state.nonfinite_steps, 0
     metrics: dict[str, float] = {"step": float(step)}
-    prepared.train()
+    trainee.prepared.train()
     while step < config.steps:
-        grad_norm = _train_step(config, session, task, prepared, optimizer, scaler, batches, interval)
+        grad_norm = _train_step(config, session, task, trainee, batches, interval)
         crash_if_drilled(config.crash_drill, session.rank, step + 1)
         if grad_norm is None:
             nonfinite += 1
@@ -129,13 +143,13 @@ def _run_steps(
             continue
         consecutive = 0
         step += 1
-        ema.update(model)
+        trainee.ema.update(trainee.model)
         if math.isfinite(grad_norm):
             interval.add_grad_norm(grad_norm)
         last = step == config.steps
         if step % config.log_every == 0 or last:
             metrics = {
-                **interval.summary(), "step": float(step), "lr": optimizer.param_groups[0]["lr"],
+                **interval.summary(), "step": float(step), "lr": trainee.optimizer.param_groups[0]["lr"],
                 "nonfinite_steps": float(nonfinite), "corrupt_samples": float(loader.counters.corrupt_samples),
                 "epoch": float(loader.position.epoch),
             }
@@ -144,8 +158,8 @@ def _run_steps(
             run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, loader.counters.corrupt_samples)
             with tempfile.TemporaryDirectory(prefix="mmdiff-ckpt-") as staging:
                 write_checkpoint(
-                    Path(staging), rank=session.rank, state=run_state, position=loader.position, model=model, ema=ema,
-                    optimizer=optimizer, scaler=scaler,
+                    Path(staging), rank=session.rank, state=run_state, position=loader.position, model=trainee.model,
+                    ema=trainee.ema, optimizer=trainee.optimizer, scaler=trainee.scaler,
                 )
                 session.report(metrics, Path(staging), step)
     if state.step >= config.steps:  # nothing left to do: still report once, as every attempt must
@@ -157,14 +171,13 @@ def _train_step(
     config: TrainConfig,
     session: Session,
     task: Task,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    batches,
+    trainee: Trainee,
+    batches: Iterator[dict[str, torch.Tensor]],
     interval: IntervalMetrics,
 ) -> float | None:
     """One optimizer step over `grad_accum` micro-batches; the gradient norm, or None when the
     step was skipped because a loss or the gradient was not finite on some worker."""
+    model, optimizer, scaler = trainee.prepared, trainee.optimizer, trainee.scaler
     optimizer.zero_grad(set_to_none=True)
     autocast = torch.autocast(
         session.device.type, dtype=AUTOCAST_DTYPES.get(config.precision), enabled=config.precision != "fp32"

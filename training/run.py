@@ -28,9 +28,10 @@ from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take
 log = logging.getLogger(__name__)
 
 LOSS_CURVE_FILE = "loss_curve.png"
-FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_",)
-"""Settings the workers need to reach object storage, forwarded from the driver (workers may
-run in processes started before they were set, or on other nodes)."""
+FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_")
+"""Settings the workers need to reach object storage and the tracking server (credentials
+included), forwarded from the driver: workers may run in processes started before they were
+set, or on other nodes."""
 
 
 class NonFiniteLossError(RuntimeError):

@@ -114,3 +114,14 @@ def test_train_sr_trains_on_the_pipelines_256_frames(
     assert {"loss", "mse", "vb"} <= set(result.metrics)
     model = load_model(Path(result.checkpoint) / MODEL_FILE)
     assert type(model).__name__ == "SuperResUNet"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_with_accumulation_trains_and_checkpoints_the_scaler(
+    precision: str, tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    config = small_config(tmp_path, mlflow_server.tracking_uri, precision=precision, grad_accum=2, batch_size=1, steps=2)
+    result = train(config, in_process=True)
+    assert result.step == 2 and torch.isfinite(torch.tensor(result.metrics["loss"]))
+    scaler_state = torch.load(Path(result.checkpoint) / "scaler.pt", weights_only=True)
+    assert bool(scaler_state) == (precision == "fp16")  # the fp16 scaler keeps its scale across restarts
