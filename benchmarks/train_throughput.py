@@ -7,6 +7,7 @@ covers exactly the measured steps, summed over workers. Batch 1 per worker, fp32
 MLflow goes to a throwaway SQLite file in --workdir.
 
     .venv/bin/python -m benchmarks.train_throughput [--configs tiny,paper] [--workers 1,2] [--steps 3]
+        [--warmup 1] [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from training.config import TrainConfig
 from training.run import train
 
 
-def measure(data: Path, workdir: Path, model: str, workers: int, warmup: int, steps: int, batch_size: int) -> dict:
+def measure(
+    data: Path, workdir: Path, model: str, workers: int, warmup: int, steps: int, batch_size: int, checkpointing: bool
+) -> dict:
     name = f"{model}-{workers}w"
     shutil.rmtree(workdir / "runs" / name, ignore_errors=True)
     config = TrainConfig(
         data=str(data), output=str(workdir / "runs"), model=model, workers=workers, steps=warmup + steps,
-        batch_size=batch_size, log_every=warmup, checkpoint_every=warmup + steps, run_name=name,
+        batch_size=batch_size, model_overrides={"gradient_checkpointing": checkpointing}, log_every=warmup, checkpoint_every=warmup + steps, run_name=name,
         experiment="train-throughput", tracking_uri=f"sqlite:///{workdir}/mlflow.db", max_failures=0,
     )
     result = train(config)
     clips_per_second = result.metrics["clips_per_second"]
-    return {"config": model, "workers": workers, "clips_per_s": round(clips_per_second, 4),
+    return {"config": model, "gradient_checkpointing": checkpointing, "workers": workers, "clips_per_s": round(clips_per_second, 4),
             "seconds_per_step": round(workers * batch_size / clips_per_second, 2)}
 
 
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmdiff-train-bench"))
     args = parser.parse_args()
     import ray
@@ -50,7 +54,8 @@ def main() -> None:
     write_shards(data, clips=128)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = [
-        measure(data, args.workdir, model, int(workers), args.warmup, args.steps, args.batch_size)
+        measure(data, args.workdir, model, int(workers), args.warmup, args.steps, args.batch_size,
+                args.gradient_checkpointing)
         for model in args.configs.split(",")
         for workers in args.workers.split(",")
     ]

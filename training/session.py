@@ -6,7 +6,9 @@ checkpoint to resume from, and `report` (metrics plus an optional checkpoint fol
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "checkpoint-"
+UPLOAD_ATTEMPTS = 4
 
 
 def checkpoint_name(step: int) -> str:
@@ -75,7 +80,26 @@ class RaySession:
             metrics,
             checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(str(checkpoint)),
             checkpoint_dir_name=None if checkpoint is None else checkpoint_name(step),
+            checkpoint_upload_fn=None if checkpoint is None else _upload_with_retries,
         )
+
+
+def _upload_with_retries(checkpoint: Any, dir_name: str) -> Any:
+    """Ray's own checkpoint upload, retried: uploads to object storage fail transiently and Ray
+    does not retry them itself."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    for attempt in range(UPLOAD_ATTEMPTS):
+        try:
+            return storage.persist_current_checkpoint(checkpoint, dir_name)
+        except FileNotFoundError:
+            raise  # the local folder is gone: retrying cannot help
+        except OSError as error:
+            if attempt == UPLOAD_ATTEMPTS - 1:
+                raise
+            log.warning("checkpoint %s upload failed (%s), retrying", dir_name, error)
+            time.sleep(2**attempt)
 
 
 class LocalSession:
