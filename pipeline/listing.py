@@ -8,7 +8,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.storage import is_remote, resolve
+from pipeline.storage import is_remote, join, resolve
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -37,7 +37,7 @@ def _list_folder(uri: str, fs: pafs.FileSystem, path: str) -> list[str]:
 
 def _read_list_file(uri: str, fs: pafs.FileSystem, path: str) -> list[str]:
     """URIs from a .txt (one per line, # comments) or a .csv/.parquet `uri` column; relative
-    local paths are taken from the list file's folder."""
+    paths are taken from the list file's folder (on its filesystem, S3 included)."""
     suffix = PurePosixPath(path).suffix.lower()
     if suffix == ".txt":
         with fs.open_input_stream(path) as stream:
@@ -49,9 +49,8 @@ def _read_list_file(uri: str, fs: pafs.FileSystem, path: str) -> list[str]:
         if URI_COLUMN not in table.column_names:
             raise ValueError(f"{uri}: list file has no '{URI_COLUMN}' column (columns: {table.column_names})")
         entries = [str(value) for value in table.column(URI_COLUMN).to_pylist() if value]
-    folder = PurePosixPath(path).parent
-    return [entry if is_remote(entry) or entry.startswith("/") or is_remote(uri) else str(folder / entry)
-            for entry in entries]
+    folder = _uri_of(uri, str(PurePosixPath(path).parent))
+    return [entry if is_remote(entry) or entry.startswith("/") else join(folder, entry) for entry in entries]
 
 
 def list_inputs(uri: str) -> list[str]:

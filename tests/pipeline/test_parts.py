@@ -44,6 +44,12 @@ def test_list_files_give_their_uris(tmp_path: Path, media_set: MediaSet, suffix:
     assert list_inputs(str(list_file)) == sorted(wanted)
 
 
+def test_relative_entries_of_a_list_file_are_taken_from_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "inputs.txt").write_text("clips/a.mp4\ns3://bucket/b.mp4\n")
+    assert list_inputs(str(tmp_path / "lists" / "inputs.txt")) == [str(tmp_path / "lists" / "clips" / "a.mp4"), "s3://bucket/b.mp4"]
+
+
 def test_list_without_uri_column_and_missing_input_are_clear_errors(tmp_path: Path) -> None:
     bad_list = tmp_path / "inputs.csv"
     bad_list.write_text("path\n/a.mp4\n")

@@ -18,6 +18,7 @@ import webdataset as wds
 from jobs.preprocess import main as preprocess_main
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SIZE
 from pipeline.decode import load_clip
+from pipeline.listing import list_inputs
 from pipeline.run import PreprocessConfig, preprocess
 from pipeline.samples import jpeg_strip_to_frames, sr_member_name
 from tests.fixtures.media import MediaSet
@@ -137,6 +138,8 @@ def test_s3_input_and_output_through_a_real_object_store(
     assert errors.column("reason").to_pylist() == ["no_audio"]
     again = preprocess(config)
     assert (again.clips, again.inputs_skipped, again.clips_total) == (0, 3, 4)
+    client.put_object(Bucket="preprocess-test", Key="corpus/inputs.txt", Body=b"silent_film.mov\n")
+    assert list_inputs(f"{bucket}/corpus/inputs.txt") == [f"{bucket}/corpus/silent_film.mov"]
 
 
 def test_load_clip_reads_s3_uris_like_local_files(
