@@ -25,7 +25,7 @@ from training.run import train
 def measure(
     data: Path, workdir: Path, model: str, workers: int, warmup: int, steps: int, batch_size: int, checkpointing: bool
 ) -> dict:
-    name = f"{model}-{workers}w"
+    name = f"{model}-{workers}w" + ("-ckpt" if checkpointing else "")
     shutil.rmtree(workdir / "runs" / name, ignore_errors=True)
     config = TrainConfig(
         data=str(data), output=str(workdir / "runs"), model=model, workers=workers, steps=warmup + steps,
@@ -53,13 +53,14 @@ def main() -> None:
     data = args.workdir / "data"
     write_shards(data, clips=128)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    rows = [
-        measure(data, args.workdir, model, int(workers), args.warmup, args.steps, args.batch_size,
-                args.gradient_checkpointing)
-        for model in args.configs.split(",")
-        for workers in args.workers.split(",")
-    ]
-    print(json.dumps(rows, indent=2))
+    for model in args.configs.split(","):
+        for workers in args.workers.split(","):
+            try:
+                row = measure(data, args.workdir, model, int(workers), args.warmup, args.steps, args.batch_size,
+                              args.gradient_checkpointing)
+            except Exception as error:  # e.g. workers killed for memory: report it and go on
+                row = {"config": model, "workers": int(workers), "error": f"{type(error).__name__}: {str(error)[:300]}"}
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
