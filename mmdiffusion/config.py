@@ -8,8 +8,9 @@ gives the small configurations used by the tests and the demo.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from mmdiffusion.constants import AUDIO_CHANNELS, AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, VIDEO_CHANNELS
 
@@ -20,8 +21,37 @@ AUDIO_DOWNSAMPLE = 4
 """Each down-sampling divides the audio length by four."""
 
 
+ConfigT = TypeVar("ConfigT", bound="PresetConfig")
+
+
+class PresetConfig:
+    """Named presets and dict serialisation shared by the model config dataclasses."""
+
+    PRESETS: ClassVar[dict[str, Callable[[], Any]]] = {}
+
+    @classmethod
+    def named(cls: type[ConfigT], name: str, **overrides: Any) -> ConfigT:
+        """A preset by name (see `PRESETS`), with fields overridden."""
+        try:
+            base = cls.PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; known: {', '.join(sorted(cls.PRESETS))}") from None
+        return dataclasses.replace(base(), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclass(frozen=True)
-class CoupledUNetConfig:
+class CoupledUNetConfig(PresetConfig):
     """Architecture of a coupled U-Net; field names follow the paper, not the released code.
 
     Rates (`*_attention_rates`) are downsample rates: 1 at the input level, doubling with each
@@ -59,15 +89,6 @@ class CoupledUNetConfig:
         return cls(**overrides)
 
     @classmethod
-    def named(cls, name: str, **overrides: Any) -> CoupledUNetConfig:
-        """A configuration by name: `paper`, `small` or `tiny`."""
-        try:
-            base = _NAMED[name]
-        except KeyError:
-            raise ValueError(f"unknown model config {name!r}; known: {', '.join(sorted(_NAMED))}") from None
-        return dataclasses.replace(base(), **overrides)
-
-    @classmethod
     def from_reference(cls, kwargs: dict[str, Any]) -> CoupledUNetConfig:
         """Map the released implementation's constructor arguments onto this config."""
         unknown = set(kwargs) - _REFERENCE_KEYS
@@ -102,18 +123,6 @@ class CoupledUNetConfig:
             audio_out_channels=kwargs.get("audio_out_channels", audio_channels),
             gradient_checkpointing=bool(kwargs.get("use_checkpoint", False)),
         )
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CoupledUNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown CoupledUNetConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -189,7 +198,7 @@ def _tiny() -> CoupledUNetConfig:
     )
 
 
-_NAMED = {"paper": CoupledUNetConfig.paper, "small": _small, "tiny": _tiny}
+CoupledUNetConfig.PRESETS = {"paper": CoupledUNetConfig.paper, "small": _small, "tiny": _tiny}
 
 _REFERENCE_KEYS = {
     "video_size", "audio_size", "model_channels", "video_out_channels", "audio_out_channels",

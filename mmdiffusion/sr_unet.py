@@ -9,7 +9,6 @@ Module names follow the released checkpoints so that their state dicts load as t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmdiffusion.config import NORM_GROUPS
+from mmdiffusion.config import NORM_GROUPS, PresetConfig
 from mmdiffusion.constants import IMAGE_SIZE, SR_IMAGE_SIZE, VIDEO_CHANNELS
 from mmdiffusion.layers import timestep_embedding, zero_init
 
@@ -28,7 +27,7 @@ TIME_EMBED_MULT = 4
 
 
 @dataclass(frozen=True)
-class SuperResUNetConfig:
+class SuperResUNetConfig(PresetConfig):
     """Architecture of a super-resolution U-Net.
 
     `attention_rates` are downsample rates (1 at the input level, doubling per level).
@@ -82,15 +81,6 @@ class SuperResUNetConfig:
         return cls(**overrides)
 
     @classmethod
-    def named(cls, name: str, **overrides: Any) -> SuperResUNetConfig:
-        """A configuration by name: `paper`, `small` (the golden file's) or `tiny`."""
-        try:
-            base = _NAMED[name]
-        except KeyError:
-            raise ValueError(f"unknown SR config {name!r}; known: {', '.join(sorted(_NAMED))}") from None
-        return dataclasses.replace(base(), **overrides)
-
-    @classmethod
     def from_reference(cls, kwargs: dict[str, Any]) -> SuperResUNetConfig:
         """Map the released code's constructor arguments (`SuperResModel(...)`) onto this config.
 
@@ -131,18 +121,6 @@ class SuperResUNetConfig:
             gradient_checkpointing=bool(kwargs.get("use_checkpoint", False)),
         )
 
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SuperResUNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown SuperResUNetConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
 
 def _small() -> SuperResUNetConfig:
     return SuperResUNetConfig(
@@ -159,7 +137,7 @@ def _tiny() -> SuperResUNetConfig:
     return SuperResUNetConfig(model_channels=32, num_res_blocks=1, attention_rates=(16,), channel_mult=(1, 1, 2, 2, 2))
 
 
-_NAMED = {"paper": SuperResUNetConfig.paper, "small": _small, "tiny": _tiny}
+SuperResUNetConfig.PRESETS = {"paper": SuperResUNetConfig.paper, "small": _small, "tiny": _tiny}
 
 _REFERENCE_KEYS = {
     "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",

@@ -100,7 +100,7 @@ def test_wrong_input_shapes_name_the_sizes() -> None:
 def test_config_whose_audio_does_not_split_into_frame_segments_is_rejected() -> None:
     with pytest.raises(ValueError, match="audio length 100 at level 2 does not divide into frames=16 segments"):
         CoupledUNetConfig.named("tiny", audio_length=1600)
-    with pytest.raises(ValueError, match="unknown model config 'huge'"):
+    with pytest.raises(ValueError, match="unknown CoupledUNetConfig preset 'huge'"):
         CoupledUNetConfig.named("huge")
 
 

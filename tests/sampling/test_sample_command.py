@@ -12,7 +12,7 @@ import torch
 
 from jobs.sample import SampleConfig, load_network, main, run_sampling
 from mmdiffusion import CoupledUNet, CoupledUNetConfig, SuperResUNet, SuperResUNetConfig, save_model
-from mmdiffusion.constants import FRAMES, IMAGE_SIZE, SAMPLE_RATE
+from mmdiffusion.constants import FRAMES, IMAGE_SIZE
 from pipeline.decode import load_clip
 
 MICRO_UNET = CoupledUNetConfig.named(
