@@ -20,15 +20,16 @@ def randomised_block(channels: int, frames: int, window: int, seed: int = 0) -> 
 
 
 @pytest.mark.parametrize(
-    ("frames", "window", "shift"),
-    [(16, 1, 0), (16, 1, 15), (16, 4, 7), (16, 4, 12), (8, 8, 0), (6, 3, 3), (5, 2, 1)],
+    ("frames", "window", "shift", "project_per_frame"),
+    [(16, 1, 0, False), (16, 1, 15, True), (16, 4, 7, False), (16, 4, 12, True), (8, 8, 0, False),
+     (6, 3, 3, True), (5, 2, 1, False)],
 )
-def test_vectorised_rsmma_equals_loop_oracle(frames: int, window: int, shift: int) -> None:
+def test_vectorised_rsmma_equals_loop_oracle(frames: int, window: int, shift: int, project_per_frame: bool) -> None:
     block = randomised_block(64, frames, window)
     video = torch.randn(2, 64, frames, 4, 3)
     audio = torch.randn(2, 64, frames * 5)
     fast_video, fast_audio = block(video, audio, shift)
-    slow_video, slow_audio = loop_rsmma(block, video, audio, shift)
+    slow_video, slow_audio = loop_rsmma(block, video, audio, shift, project_per_frame)
     torch.testing.assert_close(fast_video, slow_video, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast_audio, slow_audio, rtol=1e-4, atol=1e-5)
 
