@@ -25,7 +25,7 @@ from mmdiffusion.checkpoint import load_checked_state_dict, load_reference_check
 from training.config import CrashDrill, TrainConfig
 from training.ema import EMA
 from training.loader import ClipLoader, DataPosition
-from training.metrics import IntervalMetrics, all_workers_agree
+from training.metrics import IntervalMetrics, all_workers_agree, sum_over_workers
 from training.session import RaySession, Session
 from training.state import EMA_FILE, RunState, read_position, read_state, restore_weights, write_checkpoint
 from training.tasks import Task, make_task
@@ -147,15 +147,18 @@ def _run_steps(
         if math.isfinite(grad_norm):
             interval.add_grad_norm(grad_norm)
         last = step == config.steps
-        if step % config.log_every == 0 or last:
+        logging_now, checkpointing_now = step % config.log_every == 0 or last, step % config.checkpoint_every == 0 or last
+        if logging_now or checkpointing_now:  # the same steps on every worker: the sum is a collective
+            corrupt = state.corrupt_samples + int(sum_over_workers(loader.counters.corrupt_samples, session.device))
+        if logging_now:
             metrics = {
                 **interval.summary(), "step": float(step), "lr": trainee.optimizer.param_groups[0]["lr"],
-                "nonfinite_steps": float(nonfinite), "corrupt_samples": float(loader.counters.corrupt_samples),
+                "nonfinite_steps": float(nonfinite), "corrupt_samples": float(corrupt),
                 "epoch": float(loader.position.epoch),
             }
             logger.log(metrics, step=step)
-        if step % config.checkpoint_every == 0 or last:
-            run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, loader.counters.corrupt_samples)
+        if checkpointing_now:
+            run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, corrupt)
             with tempfile.TemporaryDirectory(prefix="mmdiff-ckpt-") as staging:
                 write_checkpoint(
                     Path(staging), rank=session.rank, state=run_state, position=loader.position, model=trainee.model,

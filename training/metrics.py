@@ -22,6 +22,13 @@ def all_workers_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def sum_over_workers(value: float, device: torch.device) -> float:
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    if distributed():
+        dist.all_reduce(total)
+    return total.item()
+
+
 class IntervalMetrics:
     """Per-sample losses (overall and per timestep quartile), gradient norms and clips seen
     since the last `summary`, which all-reduces them so every worker logs the same numbers."""

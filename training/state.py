@@ -39,6 +39,7 @@ class RunState:
     nonfinite_steps: int = 0
     """Steps skipped so far because of a NaN or infinite loss or gradient."""
     corrupt_samples: int = 0
+    """Samples skipped as corrupt so far, over all workers and attempts."""
 
 
 def position_file(rank: int) -> str:

@@ -125,3 +125,10 @@ def test_mixed_precision_with_accumulation_trains_and_checkpoints_the_scaler(
     assert result.step == 2 and torch.isfinite(torch.tensor(result.metrics["loss"]))
     scaler_state = torch.load(Path(result.checkpoint) / "scaler.pt", weights_only=True)
     assert bool(scaler_state) == (precision == "fp16")  # the fp16 scaler keeps its scale across restarts
+
+
+def test_corrupt_samples_are_skipped_counted_and_kept_in_the_checkpoint(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    write_shards(tmp_path / "data", clips=3, clips_per_shard=3, frames=16, image_size=16, audio_length=2560, corrupt_keys=(1,))
+    result = train(small_config(tmp_path, mlflow_server.tracking_uri, steps=2), in_process=True)
+    assert result.step == 2 and result.metrics["corrupt_samples"] >= 1
+    assert read_state(Path(result.checkpoint)).corrupt_samples == result.metrics["corrupt_samples"]
