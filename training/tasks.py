@@ -83,7 +83,7 @@ class SuperResTask:
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         clips = batch["video_sr"]
         picks = torch.stack([torch.randperm(clips.shape[1])[: self.frames_per_clip] for _ in range(clips.shape[0])])
-        chosen = clips[torch.arange(clips.shape[0])[:, None], picks.to(clips.device)]
+        chosen = clips[torch.arange(clips.shape[0])[:, None].to(clips.device), picks.to(clips.device)]
         high = rearrange(chosen, "b k c h w -> (b k) c h w")
         low = F.interpolate(high, size=self.model_config.low_res_size, mode="area")
         t = self.diffusion.sample_timesteps(high.shape[0], high.device, None)
