@@ -55,6 +55,7 @@ class TrainResult:
 
 def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     """Train (or resume) the run `config` describes; `in_process` runs one worker without Ray."""
+    config = _absolute_local_paths(config)
     shards = list_shards(config.data)  # a missing path or no shards fails here, before any worker
     _check_init_from(config.init_from)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
@@ -85,8 +86,17 @@ def train_sr(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     return train(config.replace(task="sr"), in_process=in_process)
 
 
+def _absolute_local_paths(config: TrainConfig) -> TrainConfig:
+    """Local paths made absolute: Ray workers run in their own working folders."""
+
+    def absolute(uri: str | None) -> str | None:
+        return uri if uri is None or "://" in uri or ":/" in uri else str(Path(uri).expanduser().resolve())
+
+    return config.replace(data=absolute(config.data), output=absolute(config.output), init_from=absolute(config.init_from))
+
+
 def _check_init_from(uri: str | None) -> None:
-    if uri and "://" not in uri and ":/" not in uri and not Path(uri).exists():
+    if uri and uri.startswith("/") and not Path(uri).exists():
         raise FileNotFoundError(f"--init-from {uri!r} does not exist")
 
 

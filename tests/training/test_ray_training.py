@@ -90,8 +90,11 @@ def test_killed_worker_comes_back_from_the_checkpoint(ddp_run: DdpRun) -> None:
 def test_rerun_with_the_same_name_resumes_the_step_count_and_the_mlflow_run(ddp_run: DdpRun, monkeypatch) -> None:
     for name, value in ddp_run.s3.env().items():
         monkeypatch.setenv(name, value)
-    # Elastic this time: 1 to 2 workers.
-    config = ddp_run.config.replace(steps=CRASH_STEP + 1, workers=(1, 2), crash_drill=None)
+    # Elastic this time (1 to 2 workers), and the data given relative to the working folder,
+    # which Ray's workers do not share.
+    data = Path(ddp_run.config.data)
+    monkeypatch.chdir(data.parent)
+    config = ddp_run.config.replace(data=data.name, steps=CRASH_STEP + 1, workers=(1, 2), crash_drill=None)
     result = train(config)
     assert result.mlflow_run_id == ddp_run.result.mlflow_run_id
     assert result.step == CRASH_STEP + 1 and result.registered_version == "2"
