@@ -65,31 +65,15 @@ class Trainee:
 def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> LoopOutcome:
     config = TrainConfig.from_dict(loop_inputs["config"])
     session = session or RaySession()
-    torch.manual_seed(config.seed)  # the same initial weights on every worker
     task = make_task(config)
-    model = task.build_model()
     with session.latest_checkpoint() as folder:
-        if folder is None and config.init_from:
-            initialise_from(model, config.init_from)
-        ema = EMA(model, config.ema_rate)
+        trainee = build_trainee(config, session, task, folder)
         if folder is None:
             state = RunState(step=0, mlflow_run_id=loop_inputs["run_id"], world_size=session.world_size)
-            position = DataPosition()
-            resumed_from = None
+            position, resumed_from = DataPosition(), None
         else:
             state = read_state(folder)
-            position = read_position(folder, session.rank, session.world_size, state)
-            resumed_from = state.step
-        prepared = session.prepare(model)
-        ema.model.to(session.device)
-        # The optimizer is built after the move to the device, so its state loads onto it.
-        trainee = Trainee(
-            model, prepared, ema,
-            torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay),
-            torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
-        )
-        if folder is not None:
-            restore_weights(folder, model, ema, trainee.optimizer, trainee.scaler)
+            position, resumed_from = read_position(folder, session.rank, session.world_size, state), state.step
     # Different noise and timesteps on each worker, and after each resume.
     torch.manual_seed(config.seed + 1000 * state.step + session.rank + 1)
     loader = ClipLoader(
@@ -111,6 +95,27 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         return outcome
     finally:
         logger.close(finished)
+
+
+def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint: Path | None) -> Trainee:
+    """The network, its EMA, optimizer and scaler: restored from `checkpoint`, else fresh (or
+    from `init_from`), with the same initial weights on every worker."""
+    torch.manual_seed(config.seed)
+    model = task.build_model()
+    if checkpoint is None and config.init_from:
+        initialise_from(model, config.init_from)
+    ema = EMA(model, config.ema_rate)
+    prepared = session.prepare(model)
+    ema.model.to(session.device)
+    # The optimizer is built after the move to the device, so its state loads onto it.
+    trainee = Trainee(
+        model, prepared, ema,
+        torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
+    )
+    if checkpoint is not None:
+        restore_weights(checkpoint, model, ema, trainee.optimizer, trainee.scaler)
+    return trainee
 
 
 def _run_steps(
