@@ -107,7 +107,11 @@ class TrainConfig:
 
     @property
     def worker_range(self) -> tuple[int, int]:
-        return (self.workers, self.workers) if isinstance(self.workers, int) else tuple(self.workers)
+        if isinstance(self.workers, int):
+            return self.workers, self.workers
+        if isinstance(self.workers, tuple) and len(self.workers) == 2:
+            return self.workers
+        return 0, 0  # not a count or a (min, max) pair: reported as invalid
 
     def model_config(self) -> CoupledUNetConfig | SuperResUNetConfig:
         config_class = CoupledUNetConfig if self.task == "coupled" else SuperResUNetConfig
@@ -130,6 +134,8 @@ class TrainConfig:
         values = dict(values)
         if isinstance(values.get("workers"), list):
             values["workers"] = tuple(values["workers"])
+        elif isinstance(values.get("workers"), str):
+            values["workers"] = parse_workers(values["workers"])
         if isinstance(values.get("crash_drill"), dict):
             values["crash_drill"] = CrashDrill(**values["crash_drill"])
         return cls(**values)
