@@ -30,7 +30,7 @@ class DemoConfig:
     videos: int = 12
     """Videos in the synthetic corpus."""
     model_config: str = "tiny"
-    steps: int = 60
+    steps: int = 100
     batch_size: int = 1
     workers: int = 2
     samples: int = 2
@@ -123,7 +123,7 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
                ["--input", corpus, "--output", data, "--workers", str(config.workers)])  # fmt: skip
     stages.run(f"train the {config.model_config} coupled U-Net with {config.workers} DDP workers (Ray Train)", "train", [
         "--data", data, "--output", runs, "--config", config.model_config, "--workers", str(config.workers),
-        "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", "5e-4", "--ema-rate", "0.99",
+        "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", "5e-4", "--ema-rate", "0.9",
         "--log-every", "10", "--checkpoint-every", str(max(config.steps // 3, 1)), "--run-name", config.run_name,
         "--register-as", config.model_name,
     ])  # fmt: skip
