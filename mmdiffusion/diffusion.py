@@ -105,6 +105,8 @@ class GaussianDiffusion:
             "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod),
             "log_betas": np.log(betas),
+            # "fixed_large": beta_t, with the posterior variance at t=0 for a finite log.
+            "log_variance_fixed_large": np.log(np.append(posterior_variance[1], betas[1:])),
         }
         self.tables = {name: torch.from_numpy(values) for name, values in tables.items()}
 
@@ -173,10 +175,7 @@ class GaussianDiffusion:
         elif self.config.fixed_variance == "fixed_small":
             log_variance = self.extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         else:
-            # "fixed_large": beta_t, with the posterior variance at t=0 for a finite log.
-            large = torch.cat([self.tables["posterior_variance"][1:2], self.tables["betas"][1:]])
-            log_variance = torch.log(large).to(t.device)[t.long()].float()
-            log_variance = log_variance.reshape(-1, *([1] * (x_t.ndim - 1))).expand_as(x_t)
+            log_variance = self.extract("log_variance_fixed_large", t, x_t).expand_as(x_t)
         pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
         if clip:
             pred_x0 = pred_x0.clamp(-1, 1)
