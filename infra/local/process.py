@@ -7,6 +7,7 @@ and `pkill` would also stop other people's Ray runtimes and servers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,11 +28,22 @@ class ServiceStartError(RuntimeError):
     """A server did not come up; the message names it and carries the end of its log."""
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` distinct TCP ports that nothing listens on right now (the kernel picks them).
+
+    Every probe stays bound until all are picked: ports probed one after another can come
+    back equal, and a server given the same port for two listeners refuses to start.
+    """
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.local.process import LOOPBACK, ServerLaunch, free_port, launch_server
+from infra.local.process import LOOPBACK, ServerLaunch, free_ports, launch_server
 
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets about 60 bytes below the
 # temp dir (session_<timestamp>_<pid>/sockets/plasma_store).
@@ -43,16 +43,17 @@ class RayHeadPorts:
     @classmethod
     def pick_free(cls, gcs: int | None = None, dashboard: int | None = None) -> RayHeadPorts:
         """Free ports for every listener; `gcs` and `dashboard` may be fixed by the caller."""
+        ports = iter(free_ports(9))
         return cls(
-            gcs=gcs or free_port(),
-            dashboard=dashboard or free_port(),
-            client_server=free_port(),
-            dashboard_agent_http=free_port(),
-            dashboard_agent_grpc=free_port(),
-            runtime_env_agent=free_port(),
-            metrics_export=free_port(),
-            node_manager=free_port(),
-            object_manager=free_port(),
+            gcs=gcs or next(ports),
+            dashboard=dashboard or next(ports),
+            client_server=next(ports),
+            dashboard_agent_http=next(ports),
+            dashboard_agent_grpc=next(ports),
+            runtime_env_agent=next(ports),
+            metrics_export=next(ports),
+            node_manager=next(ports),
+            object_manager=next(ports),
         )
 
 

@@ -18,7 +18,7 @@ from infra.local.process import (
     LOOPBACK,
     ServerLaunch,
     ServiceStartError,
-    free_port,
+    free_ports,
     launch_server,
 )
 
@@ -41,17 +41,18 @@ class SeaweedPorts:
     @classmethod
     def pick_free(cls, s3: int | None = None) -> SeaweedPorts:
         """Free ports for every listener; the S3 port may be fixed by the caller."""
+        ports = iter(free_ports(10))
         return cls(
-            s3=s3 or free_port(),
-            s3_grpc=free_port(),
-            master=free_port(),
-            master_grpc=free_port(),
-            volume=free_port(),
-            volume_grpc=free_port(),
-            filer=free_port(),
-            filer_grpc=free_port(),
-            admin=free_port(),
-            admin_grpc=free_port(),
+            s3=s3 or next(ports),
+            s3_grpc=next(ports),
+            master=next(ports),
+            master_grpc=next(ports),
+            volume=next(ports),
+            volume_grpc=next(ports),
+            filer=next(ports),
+            filer_grpc=next(ports),
+            admin=next(ports),
+            admin_grpc=next(ports),
         )
 
 
