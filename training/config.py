@@ -24,20 +24,6 @@ MODEL_PRESETS = ("paper", "small", "tiny")
 
 
 @dataclass(frozen=True)
-class CrashDrill:
-    """Kill one worker process once, to rehearse recovery (`FailureConfig`).
-
-    The worker of rank `rank` calls `os._exit` in the middle of step `step` (gradients computed,
-    update not applied), unless `marker` exists; it creates `marker` first, so the restarted
-    group runs on.
-    """
-
-    step: int
-    marker: str
-    rank: int = 0
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     data: str
     """Preprocessing output (holding `shards/`) or the shard folder itself; local or s3://."""
@@ -80,7 +66,6 @@ class TrainConfig:
     max_failures: int = 3
     max_nonfinite: int = 10
     """Stop after this many consecutive steps with a NaN or infinite loss."""
-    crash_drill: CrashDrill | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,8 +75,17 @@ class TrainConfig:
             problems.append(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             problems.append(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "shuffle_buffer", "sr_frames_per_clip", "max_nonfinite"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "shuffle_buffer",
+            "sr_frames_per_clip",
+            "max_nonfinite",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_rate < 1.0:
@@ -136,8 +130,6 @@ class TrainConfig:
             values["workers"] = tuple(values["workers"])
         elif isinstance(values.get("workers"), str):
             values["workers"] = parse_workers(values["workers"])
-        if isinstance(values.get("crash_drill"), dict):
-            values["crash_drill"] = CrashDrill(**values["crash_drill"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

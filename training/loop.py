@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ import torch
 from torch import nn
 
 from mmdiffusion.checkpoint import load_checked_state_dict, load_reference_checkpoint, read_metadata
-from training.config import CrashDrill, TrainConfig
+from training.config import TrainConfig
 from training.ema import EMA
+from training.faults import CrashDrill
 from training.loader import ClipLoader, DataPosition
 from training.metrics import IntervalMetrics, all_workers_agree, sum_over_workers
 from training.session import RaySession, Session
@@ -77,14 +77,25 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
     # Different noise and timesteps on each worker, and after each resume.
     torch.manual_seed(config.seed + 1000 * state.step + session.rank + 1)
     loader = ClipLoader(
-        loop_inputs["shards"], task.sample_spec(), batch_size=config.batch_size, rank=session.rank,
-        world_size=session.world_size, shuffle_buffer=config.shuffle_buffer, flip=config.flip, seed=config.seed,
+        loop_inputs["shards"],
+        task.sample_spec(),
+        batch_size=config.batch_size,
+        rank=session.rank,
+        world_size=session.world_size,
+        shuffle_buffer=config.shuffle_buffer,
+        flip=config.flip,
+        seed=config.seed,
         position=position,
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
-        "rank %d/%d on %s (%d torch threads): %s from step %d", session.rank, session.world_size, session.device,
-        torch.get_num_threads(), "resuming" if resumed_from is not None else "starting", state.step,
+        "rank %d/%d on %s (%d torch threads): %s from step %d",
+        session.rank,
+        session.world_size,
+        session.device,
+        torch.get_num_threads(),
+        "resuming" if resumed_from is not None else "starting",
+        state.step,
     )
     finished = False
     try:
@@ -109,7 +120,9 @@ def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint:
     ema.model.to(session.device)
     # The optimizer is built after the move to the device, so its state loads onto it.
     trainee = Trainee(
-        model, prepared, ema,
+        model,
+        prepared,
+        ema,
         torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
     )
@@ -131,10 +144,12 @@ def _run_steps(
     interval = IntervalMetrics(task.loss_names, session.device)
     step, nonfinite, consecutive = state.step, state.nonfinite_steps, 0
     metrics: dict[str, float] = {"step": float(step)}
+    drill = CrashDrill.from_environment()
     trainee.prepared.train()
     while step < config.steps:
         grad_norm = _train_step(config, session, task, trainee, batches, interval)
-        crash_if_drilled(config.crash_drill, session.rank, step + 1)
+        if drill is not None:
+            drill.crash_if_due(session.rank, step + 1)
         if grad_norm is None:
             nonfinite += 1
             consecutive += 1
@@ -152,13 +167,19 @@ def _run_steps(
         if math.isfinite(grad_norm):
             interval.add_grad_norm(grad_norm)
         last = step == config.steps
-        logging_now, checkpointing_now = step % config.log_every == 0 or last, step % config.checkpoint_every == 0 or last
+        logging_now, checkpointing_now = (
+            step % config.log_every == 0 or last,
+            step % config.checkpoint_every == 0 or last,
+        )
         if logging_now or checkpointing_now:  # the same steps on every worker: the sum is a collective
             corrupt = state.corrupt_samples + int(sum_over_workers(loader.counters.corrupt_samples, session.device))
         if logging_now:
             metrics = {
-                **interval.summary(), "step": float(step), "lr": trainee.optimizer.param_groups[0]["lr"],
-                "nonfinite_steps": float(nonfinite), "corrupt_samples": float(corrupt),
+                **interval.summary(),
+                "step": float(step),
+                "lr": trainee.optimizer.param_groups[0]["lr"],
+                "nonfinite_steps": float(nonfinite),
+                "corrupt_samples": float(corrupt),
                 "epoch": float(loader.position.epoch),
             }
             logger.log(metrics, step=step)
@@ -166,8 +187,14 @@ def _run_steps(
             run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, corrupt)
             with tempfile.TemporaryDirectory(prefix="mmdiff-ckpt-") as staging:
                 write_checkpoint(
-                    Path(staging), rank=session.rank, state=run_state, position=loader.position, model=trainee.model,
-                    ema=trainee.ema, optimizer=trainee.optimizer, scaler=trainee.scaler,
+                    Path(staging),
+                    rank=session.rank,
+                    state=run_state,
+                    position=loader.position,
+                    model=trainee.model,
+                    ema=trainee.ema,
+                    optimizer=trainee.optimizer,
+                    scaler=trainee.scaler,
                 )
                 session.report(metrics, Path(staging), step)
     if state.step >= config.steps:  # nothing left to do: still report once, as every attempt must
@@ -213,20 +240,6 @@ def _train_step(
     scaler.step(optimizer)  # with fp16, skips the update itself when gradients overflowed
     scaler.update()
     return grad_norm
-
-
-def crash_if_drilled(drill: CrashDrill | None, rank: int, step: int) -> None:
-    """Kill this worker process in the middle of `step` (after its gradients, before its update;
-    no cleanup, like a lost node) the first time the drill says so."""
-    if drill is None or drill.rank != rank or drill.step != step:
-        return
-    marker = Path(drill.marker)
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed in step {step}\n")
-    log.warning("crash drill: killing rank %d in step %d", rank, step)
-    os._exit(1)
 
 
 def initialise_from(model: nn.Module, uri: str) -> None:

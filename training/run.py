@@ -28,10 +28,10 @@ from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take
 log = logging.getLogger(__name__)
 
 LOSS_CURVE_FILE = "loss_curve.png"
-FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_")
+FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_", "MMDIFF_")
 """Settings the workers need to reach object storage and the tracking server (credentials
-included), forwarded from the driver: workers may run in processes started before they were
-set, or on other nodes."""
+included), and this project's own (`MMDIFF_*`), forwarded from the driver: workers may run in
+processes started before they were set, or on other nodes."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,7 +92,9 @@ def _absolute_local_paths(config: TrainConfig) -> TrainConfig:
     def absolute(uri: str | None) -> str | None:
         return uri if uri is None or "://" in uri or ":/" in uri else str(Path(uri).expanduser().resolve())
 
-    return config.replace(data=absolute(config.data), output=absolute(config.output), init_from=absolute(config.init_from))
+    return config.replace(
+        data=absolute(config.data), output=absolute(config.output), init_from=absolute(config.init_from)
+    )
 
 
 def _check_init_from(uri: str | None) -> None:
@@ -143,13 +145,18 @@ def _storage(output: str) -> tuple[str, Any]:
 
     env = os.environ.get
     filesystem = pafs.S3FileSystem(
-        access_key=env("AWS_ACCESS_KEY_ID"), secret_key=env("AWS_SECRET_ACCESS_KEY"), session_token=env("AWS_SESSION_TOKEN"),
-        endpoint_override=env("AWS_ENDPOINT_URL"), region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+        access_key=env("AWS_ACCESS_KEY_ID"),
+        secret_key=env("AWS_SECRET_ACCESS_KEY"),
+        session_token=env("AWS_SESSION_TOKEN"),
+        endpoint_override=env("AWS_ENDPOINT_URL"),
+        region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
     )
     return output.removeprefix("s3://").rstrip("/"), filesystem
 
 
-def _finish(config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri: str, metrics: dict[str, float]) -> TrainResult:
+def _finish(
+    config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri: str, metrics: dict[str, float]
+) -> TrainResult:
     """Log the final EMA model (registered under `register_as`) and the loss curve."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -179,8 +186,14 @@ def _finish(config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri:
         versions = client.search_model_versions(f"name='{config.register_as}' and run_id='{run_id}'")
         version = str(max(int(v.version) for v in versions)) if versions else None
     return TrainResult(
-        run_name=config.run_name, mlflow_run_id=run_id, step=int(metrics.get("step", 0)), metrics=metrics,
-        checkpoint=checkpoint_uri, model_uri=model_uri, registered_version=version, loss_curve=loss_curve_uri,
+        run_name=config.run_name,
+        mlflow_run_id=run_id,
+        step=int(metrics.get("step", 0)),
+        metrics=metrics,
+        checkpoint=checkpoint_uri,
+        model_uri=model_uri,
+        registered_version=version,
+        loss_curve=loss_curve_uri,
     )
 
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from mmdiffusion.config import CoupledUNetConfig
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.s3_server import S3Server
-from training.config import CrashDrill, TrainConfig
+from training.config import TrainConfig
+from training.faults import CRASH_DRILL_VARIABLE, CrashDrill
 from training.model_store import load_model
 from training.run import TrainResult, train
 
@@ -31,18 +32,32 @@ class DdpRun:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(ray_runtime, pipeline_shards: Path, s3_server: S3Server, mlflow_server: MlflowServer,
-            tmp_path_factory: pytest.TempPathFactory):
+def ddp_run(
+    ray_runtime,
+    pipeline_shards: Path,
+    s3_server: S3Server,
+    mlflow_server: MlflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
+):
     """Two CPU workers, tiny model at the real clip size; rank 1 is killed in the last step."""
     patch = pytest.MonkeyPatch()
     for name, value in s3_server.env().items():
         patch.setenv(name, value)
     marker = tmp_path_factory.mktemp("drill") / "rank1-killed"
+    patch.setenv(CRASH_DRILL_VARIABLE, CrashDrill(step=CRASH_STEP, rank=1, marker=str(marker)).to_environment())
     config = TrainConfig(
-        data=str(pipeline_shards), output=f"{s3_server.make_bucket(BUCKET)}/runs", model="tiny", workers=2,
-        steps=CRASH_STEP, batch_size=1, log_every=1, checkpoint_every=1, run_name="ddp-tiny-run",
-        register_as=MODEL_NAME, tracking_uri=mlflow_server.tracking_uri, max_failures=1,
-        crash_drill=CrashDrill(step=CRASH_STEP, rank=1, marker=str(marker)),
+        data=str(pipeline_shards),
+        output=f"{s3_server.make_bucket(BUCKET)}/runs",
+        model="tiny",
+        workers=2,
+        steps=CRASH_STEP,
+        batch_size=1,
+        log_every=1,
+        checkpoint_every=1,
+        run_name="ddp-tiny-run",
+        register_as=MODEL_NAME,
+        tracking_uri=mlflow_server.tracking_uri,
+        max_failures=1,
     )
     try:
         yield DdpRun(config, train(config), mlflow_server, s3_server, marker)
@@ -72,8 +87,15 @@ def test_two_worker_run_on_pipeline_shards_registers_the_ema_model(ddp_run: DdpR
 def test_checkpoints_live_on_the_s3_server(ddp_run: DdpRun) -> None:
     keys = [item["Key"] for item in ddp_run.s3.client().list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]]
     final = f"runs/ddp-tiny-run/checkpoint-{CRASH_STEP:08d}/"
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "scaler.pt", "state.json",
-                 "data-rank0000.json", "data-rank0001.json"):
+    for name in (
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.pt",
+        "scaler.pt",
+        "state.json",
+        "data-rank0000.json",
+        "data-rank0001.json",
+    ):
         assert final + name in keys
     assert "runs/ddp-tiny-run/loss_curve.png" in keys
     assert ddp_run.result.checkpoint == f"s3://{BUCKET}/{final.rstrip('/')}"
@@ -94,7 +116,7 @@ def test_rerun_with_the_same_name_resumes_the_step_count_and_the_mlflow_run(ddp_
     # which Ray's workers do not share.
     data = Path(ddp_run.config.data)
     monkeypatch.chdir(data.parent)
-    config = ddp_run.config.replace(data=data.name, steps=CRASH_STEP + 1, workers=(1, 2), crash_drill=None)
+    config = ddp_run.config.replace(data=data.name, steps=CRASH_STEP + 1, workers=(1, 2))
     result = train(config)
     assert result.mlflow_run_id == ddp_run.result.mlflow_run_id
     assert result.step == CRASH_STEP + 1 and result.registered_version == "2"
