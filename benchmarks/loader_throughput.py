@@ -37,12 +37,14 @@ def write_shards(folder: Path, clips: int) -> list[str]:
     for number, first in enumerate(range(0, clips, CLIPS_PER_SHARD)):
         with wds.TarWriter(str(shard_dir / f"shard-{number:06d}.tar")) as writer:
             for index in range(first, min(first + CLIPS_PER_SHARD, clips)):
-                writer.write({
-                    "__key__": f"clip-{index:06d}",
-                    "video.npy": rng.integers(0, 256, (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
-                    "audio.npy": rng.integers(-20000, 20000, (1, AUDIO_SAMPLES), dtype=np.int16),
-                    "json": {"clip_index": index},
-                })
+                writer.write(
+                    {
+                        "__key__": f"clip-{index:06d}",
+                        "video.npy": rng.integers(0, 256, (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+                        "audio.npy": rng.integers(-20000, 20000, (1, AUDIO_SAMPLES), dtype=np.int16),
+                        "json": {"clip_index": index},
+                    }
+                )
     return list_shards(str(folder))
 
 
@@ -73,7 +75,9 @@ def ray_data_loader(shards: list[str], clips: int, batch_size: int) -> float:
 
     dataset = ray.data.read_webdataset(shards, suffixes=["video.npy", "audio.npy"])
     start, seen = time.perf_counter(), 0
-    for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=ToModelLayout(), local_shuffle_buffer_size=64):
+    for batch in dataset.iter_torch_batches(
+        batch_size=batch_size, collate_fn=ToModelLayout(), local_shuffle_buffer_size=64
+    ):
         seen += batch["video"].shape[0]
         if seen >= clips:
             break
@@ -95,8 +99,15 @@ def main() -> None:
     for _ in range(args.repeats):
         results["webdataset ClipLoader"].append(clip_loader(shards, args.clips, args.batch_size))
         results["Ray Data read_webdataset"].append(ray_data_loader(shards, args.clips, args.batch_size))
-    print(json.dumps({name: {"best_clips_per_s": round(max(v), 1), "runs": [round(x, 1) for x in v]}
-                      for name, v in results.items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                name: {"best_clips_per_s": round(max(v), 1), "runs": [round(x, 1) for x in v]}
+                for name, v in results.items()
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

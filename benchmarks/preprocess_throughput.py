@@ -54,7 +54,7 @@ def write_corpus_video(path: Path, seconds: float, seed: int) -> None:
         for index in range(frames):
             y, x = (index * 2) % HEIGHT, (index * 3) % WIDTH
             noise = rng.integers(0, 12, size=(HEIGHT, WIDTH, 1), dtype=np.uint8)
-            image = texture[y: y + HEIGHT, x: x + WIDTH] + noise
+            image = texture[y : y + HEIGHT, x : x + WIDTH] + noise
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = index, Fraction(1, SOURCE_FPS)
             for packet in video.encode(frame):
@@ -82,9 +82,33 @@ def build_corpus(folder: Path, videos: int, seconds: float) -> list[Path]:
 def ffmpeg_command(path: Path, threads: int | None) -> list[str]:
     thread_flags = ["-threads", str(threads)] if threads else []
     return [
-        "ffmpeg", "-nostdin", "-v", "error", *thread_flags, "-i", str(path),
-        "-map", "0:v:0", "-vf", f"fps={FPS},scale={IMAGE_SIZE}:{IMAGE_SIZE}", "-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null",
-        "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-y", "/dev/null",
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        *thread_flags,
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-vf",
+        f"fps={FPS},scale={IMAGE_SIZE}:{IMAGE_SIZE}",
+        "-pix_fmt",
+        "rgb24",
+        "-f",
+        "rawvideo",
+        "-y",
+        "/dev/null",
+        "-map",
+        "0:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "s16le",
+        "-y",
+        "/dev/null",
     ]
 
 
@@ -106,16 +130,23 @@ def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
     started = time.perf_counter()
     stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
     seconds = time.perf_counter() - started
-    return {"workers": workers, "clips": stats.clips, "seconds": round(seconds, 2),
-            "clips_per_second": round(stats.clips / seconds, 2), "bytes_per_clip": round(stats.bytes_per_clip),
-            "worker_cpu_ms_per_clip": round(1000 * stats.cpu_seconds / stats.clips, 1)}
+    return {
+        "workers": workers,
+        "clips": stats.clips,
+        "seconds": round(seconds, 2),
+        "clips_per_second": round(stats.clips / seconds, 2),
+        "bytes_per_clip": round(stats.bytes_per_clip),
+        "worker_cpu_ms_per_clip": round(1000 * stats.cpu_seconds / stats.clips, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=16.0)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each setting; the fastest counts (the machine is shared)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of each setting; the fastest counts (the machine is shared)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmdiff-preprocess-bench")
     args = parser.parse_args(argv)
     if shutil.which("ffmpeg") is None:
@@ -126,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     paths = build_corpus(corpus, args.videos, args.seconds)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     time_preprocess(corpus, args.workdir / "warmup", 2)  # actor code and imports warm in the object store
-    attempts = [time_preprocess(corpus, args.workdir / f"out-{workers}", workers)
-                for _ in range(args.repeats) for workers in (1, 2)]
+    attempts = [
+        time_preprocess(corpus, args.workdir / f"out-{workers}", workers)
+        for _ in range(args.repeats)
+        for workers in (1, 2)
+    ]
     ray.shutdown()
-    runs = [min((run for run in attempts if run["workers"] == workers), key=lambda run: run["seconds"]) for workers in (1, 2)]
+    runs = [
+        min((run for run in attempts if run["workers"] == workers), key=lambda run: run["seconds"])
+        for workers in (1, 2)
+    ]
     clips = runs[0]["clips"]
     floor_sequential = min(time_ffmpeg(paths, processes=1, threads=None)[0] for _ in range(args.repeats))
     floor_parallel, floor_cpu = min(time_ffmpeg(paths, processes=2, threads=1) for _ in range(args.repeats))
@@ -137,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "corpus": {"videos": args.videos, "seconds_each": args.seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": SOURCE_FPS},
         "load_average_1min": round(os.getloadavg()[0], 1),
-        "ffmpeg_floor": {"sequential_threaded_s": round(floor_sequential, 2), "two_processes_s": round(floor_parallel, 2),
-                         "clips_per_second": round(clips / floor_seconds, 2),
-                         "cpu_ms_per_clip": round(1000 * floor_cpu / clips, 1)},
+        "ffmpeg_floor": {
+            "sequential_threaded_s": round(floor_sequential, 2),
+            "two_processes_s": round(floor_parallel, 2),
+            "clips_per_second": round(clips / floor_seconds, 2),
+            "cpu_ms_per_clip": round(1000 * floor_cpu / clips, 1),
+        },
         "preprocess": runs,
         "ratio_2_workers_to_floor": round(runs[1]["clips_per_second"] / (clips / floor_seconds), 2),
         "speedup_1_to_2_workers": round(runs[1]["clips_per_second"] / runs[0]["clips_per_second"], 2),

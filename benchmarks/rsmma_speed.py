@@ -11,6 +11,7 @@ level 2: 16×16×16, 1,600, 384 channels, S=4; level 3: 16×8×8, 400, 512 chann
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -45,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| level | video tokens | audio tokens | channels | S | vectorised s "
-          "| loop, shared projections s | speed-up | loop, per-frame projections s | speed-up |")
+    print(
+        "| level | video tokens | audio tokens | channels | S | vectorised s "
+        "| loop, shared projections s | speed-up | loop, per-frame projections s | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for level, channels, window in LEVELS:
         side = IMAGE_SIZE // 2**level
@@ -55,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         video = torch.randn(1, channels, FRAMES, side, side, requires_grad=True)
         audio = torch.randn(1, channels, audio_len, requires_grad=True)
         shift = FRAMES - window
-        fast = time_forward_backward(lambda: block(video, audio, shift), args.repeats)
-        shared = time_forward_backward(lambda: loop_rsmma(block, video, audio, shift), args.repeats)
-        per_frame = time_forward_backward(lambda: loop_rsmma(block, video, audio, shift, True), args.repeats)
+        fast = time_forward_backward(functools.partial(block, video, audio, shift), args.repeats)
+        shared = time_forward_backward(functools.partial(loop_rsmma, block, video, audio, shift), args.repeats)
+        per_frame = time_forward_backward(functools.partial(loop_rsmma, block, video, audio, shift, True), args.repeats)
         print(
             f"| {level} | {FRAMES}×{side}×{side} | {audio_len} | {channels} | {window} | {fast:.3f} "
             f"| {shared:.3f} | {shared / fast:.1f}× | {per_frame:.3f} | {per_frame / fast:.1f}× |",

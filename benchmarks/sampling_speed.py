@@ -58,8 +58,14 @@ def sampler_overhead(sampler: SamplerConfig, config: CoupledUNetConfig, device: 
         return torch.zeros_like(video), torch.zeros_like(audio)
 
     start = time.perf_counter()
-    sample_joint(free_network, GaussianDiffusion(), sampler, clip_shapes(config, 1), device=device,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    sample_joint(
+        free_network,
+        GaussianDiffusion(),
+        sampler,
+        clip_shapes(config, 1),
+        device=device,
+        generator=torch.Generator().manual_seed(0),
+    )
     return calls, time.perf_counter() - start
 
 
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_sample": round(nfe * forward + overhead, 1),
             "seconds_per_sample_gradient_guided": round(nfe * guided_step + overhead, 1),
         }
-    del model
+    model = None  # free the base model before the SR model is built
     if not args.no_sr:
         sr_config = SuperResUNetConfig.paper()
         sr = SuperResUNet(sr_config).to(device).eval()
@@ -113,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(frames, 3, sr_config.image_size, sr_config.image_size, device=device)
         low = torch.randn(frames, 3, sr_config.low_res_size, sr_config.low_res_size, device=device)
         with torch.no_grad():
-            per_call, per_call_cpu = seconds_per_call(lambda: sr(x, t.expand(frames), low_res=low), args.repeats, device)
+            per_call, per_call_cpu = seconds_per_call(
+                lambda: sr(x, t.expand(frames), low_res=low), args.repeats, device
+            )
         per_frame = per_call / frames
         report["sr_unet"] = {
             "seconds_per_frame_evaluation": round(per_frame, 3),

@@ -75,10 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     for variant in args.variants.split(","):
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.train_step", "--child", variant, "--steps", str(args.steps)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"| {variant} | {r['forward_backward_s']:.1f} | {r['step_with_adamw_s']:.1f} | {r['peak_rss_gb']:.2f} |", flush=True)
+        print(
+            f"| {variant} | {r['forward_backward_s']:.1f} | {r['step_with_adamw_s']:.1f} | {r['peak_rss_gb']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

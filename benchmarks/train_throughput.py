@@ -28,14 +28,29 @@ def measure(
     name = f"{model}-{workers}w" + ("-ckpt" if checkpointing else "")
     shutil.rmtree(workdir / "runs" / name, ignore_errors=True)
     config = TrainConfig(
-        data=str(data), output=str(workdir / "runs"), model=model, workers=workers, steps=warmup + steps,
-        batch_size=batch_size, model_overrides={"gradient_checkpointing": checkpointing}, log_every=warmup, checkpoint_every=warmup + steps, run_name=name,
-        experiment="train-throughput", tracking_uri=f"sqlite:///{workdir}/mlflow.db", max_failures=0,
+        data=str(data),
+        output=str(workdir / "runs"),
+        model=model,
+        workers=workers,
+        steps=warmup + steps,
+        batch_size=batch_size,
+        model_overrides={"gradient_checkpointing": checkpointing},
+        log_every=warmup,
+        checkpoint_every=warmup + steps,
+        run_name=name,
+        experiment="train-throughput",
+        tracking_uri=f"sqlite:///{workdir}/mlflow.db",
+        max_failures=0,
     )
     result = train(config)
     clips_per_second = result.metrics["clips_per_second"]
-    return {"config": model, "gradient_checkpointing": checkpointing, "workers": workers, "clips_per_s": round(clips_per_second, 4),
-            "seconds_per_step": round(workers * batch_size / clips_per_second, 2)}
+    return {
+        "config": model,
+        "gradient_checkpointing": checkpointing,
+        "workers": workers,
+        "clips_per_s": round(clips_per_second, 4),
+        "seconds_per_step": round(workers * batch_size / clips_per_second, 2),
+    }
 
 
 def main() -> None:
@@ -56,8 +71,16 @@ def main() -> None:
     for model in args.configs.split(","):
         for workers in args.workers.split(","):
             try:
-                row = measure(data, args.workdir, model, int(workers), args.warmup, args.steps, args.batch_size,
-                              args.gradient_checkpointing)
+                row = measure(
+                    data,
+                    args.workdir,
+                    model,
+                    int(workers),
+                    args.warmup,
+                    args.steps,
+                    args.batch_size,
+                    args.gradient_checkpointing,
+                )
             except Exception as error:  # e.g. workers killed for memory: report it and go on
                 row = {"config": model, "workers": int(workers), "error": f"{type(error).__name__}: {str(error)[:300]}"}
             print(json.dumps(row), flush=True)

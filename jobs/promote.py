@@ -18,9 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdiff promote",
         description="Evaluate a candidate version and the current champion on the same data (or reuse their "
-                    "recorded values for the same data and settings); move alias 'champion' to the candidate only "
-                    "when it is better (the old champion becomes 'previous'), else set 'challenger' and exit 1. "
-                    "--rollback moves 'champion' back to 'previous'.",
+        "recorded values for the same data and settings); move alias 'champion' to the candidate only "
+        "when it is better (the old champion becomes 'previous'), else set 'challenger' and exit 1. "
+        "--rollback moves 'champion' back to 'previous'.",
     )
     parser.add_argument("--name", required=True, help="registered model name")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -28,8 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--run", dest="run_id", help="candidate: the newest version created from this run")
     which.add_argument("--rollback", action="store_true", help="move 'champion' back to 'previous' and exit")
     parser.add_argument("--metric", default="val_loss", help="metric that decides (default val_loss)")
-    parser.add_argument("--mode", choices=("min", "max"), default="min", help="min: lower is better, as for every built-in metric (default)")
-    parser.add_argument("--min-improvement", type=float, default=0.0, help="how much better the candidate must be (absolute)")
+    parser.add_argument(
+        "--mode",
+        choices=("min", "max"),
+        default="min",
+        help="min: lower is better, as for every built-in metric (default)",
+    )
+    parser.add_argument(
+        "--min-improvement", type=float, default=0.0, help="how much better the candidate must be (absolute)"
+    )
     add_evaluation_arguments(parser, default_metrics=None, data_required=False)
     return parser
 
@@ -52,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--metric {args.metric!r} is not one of {', '.join(METRICS)}")
         policy = PromotionPolicy(args.metric, args.mode, args.min_improvement)
         config = evaluation_config(args, metrics=(args.metric,))
-        candidate = get_version(client, args.name, args.version) if args.version else version_of_run(client, args.name, args.run_id)
+        candidate = (
+            get_version(client, args.name, args.version)
+            if args.version
+            else version_of_run(client, args.name, args.run_id)
+        )
         clips = read_reference_clips(args.data, config.num_samples)
         evidence = Evidence(clips.data_uri, clips.digest, clips.manifest_sha256, config.settings_digest())
         evaluated: dict[str, dict[str, float]] = {}

@@ -150,8 +150,10 @@ def run_sampling(config: SampleConfig) -> list[Path]:
     model = load_network(config.model, "coupled_unet", config.config, device)
     sr_model = load_network(config.sr_model, "sr_unet", config.sr_config, device) if config.sr_model else None
     if sr_model is not None and sr_model.config.low_res_size != model.config.image_size:
-        raise ValueError(f"SR model {config.sr_model!r} upsamples {sr_model.config.low_res_size}-pixel frames; "
-                         f"the base model makes {model.config.image_size}-pixel frames")  # fmt: skip
+        raise ValueError(
+            f"SR model {config.sr_model!r} upsamples {sr_model.config.low_res_size}-pixel frames; "
+            f"the base model makes {model.config.image_size}-pixel frames"
+        )
     condition_value = None
     if config.condition is not None:
         modality, path = config.condition
@@ -169,19 +171,45 @@ def run_sampling(config: SampleConfig) -> list[Path]:
         condition = None
         if condition_value is not None:
             method = config.method or "replacement"
-            condition = ZeroShotCondition(modality, condition_value[start:start + batch].to(device), method,
-                                          guidance if method == "gradient" else 0.0, condition_generator)  # fmt: skip
-        video, audio = sample_joint(model, diffusion, sampler, clip_shapes(model.config, batch), condition=condition,
-                                    generator=generator, device=device, progress=config.progress)  # fmt: skip
+            condition = ZeroShotCondition(
+                modality,
+                condition_value[start : start + batch].to(device),
+                method,
+                guidance if method == "gradient" else 0.0,
+                condition_generator,
+            )
+        video, audio = sample_joint(
+            model,
+            diffusion,
+            sampler,
+            clip_shapes(model.config, batch),
+            condition=condition,
+            generator=generator,
+            device=device,
+            progress=config.progress,
+        )
         video_sr = None
         if sr_model is not None:
             sr_sampler = replace(SR_SAMPLER, steps=config.sr_steps)
-            video_sr = upsample_video(sr_model, super_res_diffusion(sr_model.config), video, sr_model.config.image_size,
-                                      sampler=sr_sampler, batch_size=config.sr_batch_size, generator=generator,
-                                      device=device, progress=config.progress)  # fmt: skip
+            video_sr = upsample_video(
+                sr_model,
+                super_res_diffusion(sr_model.config),
+                video,
+                sr_model.config.image_size,
+                sampler=sr_sampler,
+                batch_size=config.sr_batch_size,
+                generator=generator,
+                device=device,
+                progress=config.progress,
+            )
         for offset in range(batch):
-            written += write_sample(config.output, start + offset, video[offset], audio[offset],
-                                    None if video_sr is None else video_sr[offset])  # fmt: skip
+            written += write_sample(
+                config.output,
+                start + offset,
+                video[offset],
+                audio[offset],
+                None if video_sr is None else video_sr[offset],
+            )
     return written
 
 
@@ -209,9 +237,12 @@ def _parser() -> argparse.ArgumentParser:
         description=f"Sample {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} audio-video clips (optionally upsampled) "
         "and write mp4 + PNG previews.",
     )
-    parser.add_argument("--model", required=True,
-                        help="our checkpoint (.safetensors), an MLflow model URI (runs:/..., models:/NAME@ALIAS) "
-                        "or a released .pt checkpoint (with --config)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="our checkpoint (.safetensors), an MLflow model URI (runs:/..., models:/NAME@ALIAS) "
+        "or a released .pt checkpoint (with --config)",
+    )
     parser.add_argument("--config", default="paper", help="named config of a released .pt base model (default: paper)")
     parser.add_argument("--sr-model", default=None, help="super-resolution model, same forms as --model")
     parser.add_argument("--sr-config", default="paper", help="named config of a released .pt SR model (default: paper)")
@@ -220,21 +251,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num", type=int, default=1, help="number of clips")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per network batch")
     parser.add_argument("--sampler", choices=SAMPLERS, default="dpm-solver++")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="sampling steps = network evaluations (default: "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")  # fmt: skip
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps = network evaluations (default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+        + ")",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, type=Path, help="folder for the mp4 and PNG files")
     condition = parser.add_mutually_exclusive_group()
-    condition.add_argument("--condition-audio", default=None, metavar="FILE",
-                           help="generate video for this audio (any file with an audio stream)")  # fmt: skip
-    condition.add_argument("--condition-video", default=None, metavar="FILE",
-                           help="generate audio for this video (a file with a video stream)")  # fmt: skip
-    parser.add_argument("--method", choices=METHODS, default=None,
-                        help="zero-shot conditioning method (default: replacement)")  # fmt: skip
-    parser.add_argument("--guidance", type=float, default=None,
-                        help=f"lambda of --method gradient (default {DEFAULT_GUIDANCE})")  # fmt: skip
+    condition.add_argument(
+        "--condition-audio",
+        default=None,
+        metavar="FILE",
+        help="generate video for this audio (any file with an audio stream)",
+    )
+    condition.add_argument(
+        "--condition-video",
+        default=None,
+        metavar="FILE",
+        help="generate audio for this video (a file with a video stream)",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default=None, help="zero-shot conditioning method (default: replacement)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=None, help=f"lambda of --method gradient (default {DEFAULT_GUIDANCE})"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -244,13 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = SampleConfig(
-            model=args.model, output=args.output, num=args.num, sampler=args.sampler, steps=args.steps,
-            eta=args.eta, seed=args.seed, batch_size=args.batch_size, config=args.config,
-            sr_model=args.sr_model, sr_config=args.sr_config, sr_steps=args.sr_steps,
-            sr_batch_size=args.sr_batch_size, condition_audio=args.condition_audio,
-            condition_video=args.condition_video, method=args.method, guidance=args.guidance,
-            device=args.device, progress=not args.no_progress,
-        )  # fmt: skip
+            model=args.model,
+            output=args.output,
+            num=args.num,
+            sampler=args.sampler,
+            steps=args.steps,
+            eta=args.eta,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            config=args.config,
+            sr_model=args.sr_model,
+            sr_config=args.sr_config,
+            sr_steps=args.sr_steps,
+            sr_batch_size=args.sr_batch_size,
+            condition_audio=args.condition_audio,
+            condition_video=args.condition_video,
+            method=args.method,
+            guidance=args.guidance,
+            device=args.device,
+            progress=not args.no_progress,
+        )
         paths = run_sampling(config)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"mmdiff sample: error: {error}", file=sys.stderr)

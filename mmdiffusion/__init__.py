@@ -18,6 +18,6 @@ __all__ = [
     "save_model",
 ]
 
-from mmdiffusion.sr_unet import SuperResUNet, SuperResUNetConfig  # noqa: E402
+from mmdiffusion.sr_unet import SuperResUNet, SuperResUNetConfig
 
 __all__ += ["SuperResUNet", "SuperResUNetConfig"]

@@ -77,7 +77,7 @@ class RSMMA(nn.Module):
         return self.frames - self.window
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels, frames, height, width = video.shape
+        batch, _, frames, height, width = video.shape
         if frames != self.frames or audio.shape[-1] % frames:
             raise ValueError(
                 f"RS-MMA {self.block_name or ''} expects {self.frames} frames and an audio length divisible by them, "
@@ -88,7 +88,9 @@ class RSMMA(nn.Module):
         # every attention call is a 4-D one, the layout the fused CPU and GPU kernels take.
         per_frame = "b h (f n) d -> (b h) f n d"
         vq, vk, vv = (rearrange(t, per_frame, f=frames) for t in split_heads(self.v_qkv(video_tokens), self.heads))
-        aq, ak, av = (rearrange(t, per_frame, f=frames) for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads))
+        aq, ak, av = (
+            rearrange(t, per_frame, f=frames) for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads)
+        )
         index = window_index(frames, self.window, shift, device=video.device)
 
         def windowed(tokens: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,7 @@ def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_reference_checkpoint(
-    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], config: Any
-) -> nn.Module:
+def load_reference_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tensor], config: Any) -> nn.Module:
     """A released MM-Diffusion model (coupled U-Net or SR U-Net) in eval mode.
 
     `config` is a `CoupledUNetConfig`/`SuperResUNetConfig`, or the released code's constructor

@@ -35,7 +35,9 @@ class PresetConfig:
         try:
             base = cls.PRESETS[name]
         except KeyError:
-            raise ValueError(f"unknown {cls.__name__} preset {name!r}; known: {', '.join(sorted(cls.PRESETS))}") from None
+            raise ValueError(
+                f"unknown {cls.__name__} preset {name!r}; known: {', '.join(sorted(cls.PRESETS))}"
+            ) from None
         return dataclasses.replace(base(), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +98,9 @@ class CoupledUNetConfig(PresetConfig):
             raise ValueError(f"unknown reference config keys: {sorted(unknown)}")
         if not kwargs.get("resblock_updown", True):
             raise ValueError("resblock_updown=False is not supported: the released models resample in residual blocks")
-        frames, video_channels, height, width = kwargs.get("video_size", (FRAMES, VIDEO_CHANNELS, IMAGE_SIZE, IMAGE_SIZE))
+        frames, video_channels, height, width = kwargs.get(
+            "video_size", (FRAMES, VIDEO_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+        )
         if height != width:
             raise ValueError(f"video_size {kwargs['video_size']} is not square")
         audio_channels, audio_length = kwargs.get("audio_size", (AUDIO_CHANNELS, AUDIO_SAMPLES))
@@ -158,9 +162,13 @@ class CoupledUNetConfig(PresetConfig):
                 problems.append(f"RS-MMA window {window} must lie in 1..frames={self.frames}")
         last = self.num_levels - 1
         if self.image_size % VIDEO_DOWNSAMPLE**last:
-            problems.append(f"image_size {self.image_size} is not divisible by {VIDEO_DOWNSAMPLE**last} ({self.num_levels} levels)")
+            problems.append(
+                f"image_size {self.image_size} is not divisible by {VIDEO_DOWNSAMPLE**last} ({self.num_levels} levels)"
+            )
         if self.audio_length % AUDIO_DOWNSAMPLE**last:
-            problems.append(f"audio_length {self.audio_length} is not divisible by {AUDIO_DOWNSAMPLE**last} ({self.num_levels} levels)")
+            problems.append(
+                f"audio_length {self.audio_length} is not divisible by {AUDIO_DOWNSAMPLE**last} ({self.num_levels} levels)"
+            )
         else:
             cross_levels = [lv for lv in range(self.num_levels) if self.cross_window_at(lv)] + [last]
             for level in cross_levels:
@@ -201,10 +209,24 @@ def _tiny() -> CoupledUNetConfig:
 CoupledUNetConfig.PRESETS = {"paper": CoupledUNetConfig.paper, "small": _small, "tiny": _tiny}
 
 _REFERENCE_KEYS = {
-    "video_size", "audio_size", "model_channels", "video_out_channels", "audio_out_channels",
-    "num_res_blocks", "cross_attention_resolutions", "cross_attention_windows", "cross_attention_shift",
-    "video_attention_resolutions", "audio_attention_resolutions", "channel_mult", "num_head_channels",
-    "use_scale_shift_norm", "dropout", "resblock_updown", "num_heads", "use_checkpoint", "use_fp16",
+    "video_size",
+    "audio_size",
+    "model_channels",
+    "video_out_channels",
+    "audio_out_channels",
+    "num_res_blocks",
+    "cross_attention_resolutions",
+    "cross_attention_windows",
+    "cross_attention_shift",
+    "video_attention_resolutions",
+    "audio_attention_resolutions",
+    "channel_mult",
+    "num_head_channels",
+    "use_scale_shift_norm",
+    "dropout",
+    "resblock_updown",
+    "num_heads",
+    "use_checkpoint",
+    "use_fp16",
     "num_heads_upsample",
-}  # fmt: skip
-
+}

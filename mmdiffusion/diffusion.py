@@ -145,9 +145,10 @@ class GaussianDiffusion:
         return mean, self.extract("posterior_variance", t, x_t), self.extract("posterior_log_variance_clipped", t, x_t)
 
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self.extract(
-            "sqrt_recipm1_alphas_cumprod", t, x_t
-        ) * eps
+        return (
+            self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        )
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
         return (self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x_start) / self.extract(

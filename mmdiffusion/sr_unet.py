@@ -140,10 +140,24 @@ def _tiny() -> SuperResUNetConfig:
 SuperResUNetConfig.PRESETS = {"paper": SuperResUNetConfig.paper, "small": _small, "tiny": _tiny}
 
 _REFERENCE_KEYS = {
-    "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
-    "dropout", "channel_mult", "num_classes", "use_checkpoint", "num_heads", "num_head_channels",
-    "num_heads_upsample", "use_scale_shift_norm", "resblock_updown", "use_fp16", "use_new_attention_order",
-}  # fmt: skip
+    "image_size",
+    "in_channels",
+    "model_channels",
+    "out_channels",
+    "num_res_blocks",
+    "attention_resolutions",
+    "dropout",
+    "channel_mult",
+    "num_classes",
+    "use_checkpoint",
+    "num_heads",
+    "num_head_channels",
+    "num_heads_upsample",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "use_fp16",
+    "use_new_attention_order",
+}
 
 
 class FloatGroupNorm(nn.GroupNorm):
@@ -186,9 +200,7 @@ class ResBlock(nn.Module):
             nn.Dropout(dropout),
             zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
-        self.skip_connection = (
-            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-        )
+        self.skip_connection = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.resample == "down":
@@ -258,8 +270,14 @@ class SuperResUNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(base, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels))
 
         def res_block(in_ch: int, out_ch: int, resample: str | None = None) -> ResBlock:
-            return ResBlock(in_ch, out_ch, emb_channels, dropout=c.dropout,
-                            use_scale_shift_norm=c.use_scale_shift_norm, resample=resample)  # fmt: skip
+            return ResBlock(
+                in_ch,
+                out_ch,
+                emb_channels,
+                dropout=c.dropout,
+                use_scale_shift_norm=c.use_scale_shift_norm,
+                resample=resample,
+            )
 
         def with_attention(layers: list[nn.Module], channels: int, rate: int) -> list[nn.Module]:
             if rate in c.attention_rates:

@@ -68,7 +68,10 @@ class CoupledResBlock(nn.Module):
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.video_out_layers = nn.Sequential(
-            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout), zero_init(Video3dConv(out_channels, out_channels))
+            GroupNorm32(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_init(Video3dConv(out_channels, out_channels)),
         )
         self.audio_out_layers = nn.Sequential(
             GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout), zero_init(AudioConv(out_channels, out_channels))
@@ -96,9 +99,7 @@ class CoupledResBlock(nn.Module):
             return out_layers[1:](out_layers[0](h) * (1 + scale) + shift)
         return out_layers(h + emb_out)
 
-    def forward(
-        self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hv, ha = self._resample(self.video_in_layers(video), self.audio_in_layers(audio))
         video, audio = self._resample(video, audio)
         emb_out = self.emb_layers(emb)
@@ -191,8 +192,15 @@ class CoupledUNet(nn.Module):
                 skip_channels.append(channels)
             if level != c.num_levels - 1:
                 encoder_blocks += 1
-                down = res_block(channels, channels, encoder_blocks, rate, resample="down",
-                                 video_attention=False, audio_attention=False)  # fmt: skip
+                down = res_block(
+                    channels,
+                    channels,
+                    encoder_blocks,
+                    rate,
+                    resample="down",
+                    video_attention=False,
+                    audio_attention=False,
+                )
                 self.input_blocks.append(CoupledSequential([down]))
                 skip_channels.append(channels)
                 rate *= 2
@@ -216,8 +224,17 @@ class CoupledUNet(nn.Module):
                 if window:
                     layers.append(cross_block(channels, window))
                 if level and j == c.num_res_blocks:
-                    layers.append(res_block(channels, channels, n - decoder_index - 1, rate, resample="up",
-                                            video_attention=False, audio_attention=False))  # fmt: skip
+                    layers.append(
+                        res_block(
+                            channels,
+                            channels,
+                            n - decoder_index - 1,
+                            rate,
+                            resample="up",
+                            video_attention=False,
+                            audio_attention=False,
+                        )
+                    )
                     rate //= 2
                 self.output_blocks.append(CoupledSequential(layers))
                 decoder_index += 1

@@ -41,8 +41,12 @@ class PreprocessConfig:
             raise ValueError(f"videos_per_shard must be at least 1, got {self.videos_per_shard}")
 
     def clip_options(self) -> ClipOptions:
-        return ClipOptions(resize=self.resize, stride_frames=round(self.stride * FPS),
-                           max_clips=self.max_clips_per_video, sr_size=self.sr_size)
+        return ClipOptions(
+            resize=self.resize,
+            stride_frames=round(self.stride * FPS),
+            max_clips=self.max_clips_per_video,
+            sr_size=self.sr_size,
+        )
 
 
 @dataclass(frozen=True)

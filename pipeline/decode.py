@@ -185,7 +185,7 @@ class ClipCutter:
         for first, samples in placed:
             end = self.audio_start + self.audio.size
             if self.first_audio_sample is not None and first < end:  # overlap
-                samples, first = samples[end - first:], end
+                samples, first = samples[end - first :], end
             if first < 0:  # before time zero
                 samples, first = samples[-first:], 0
             if not samples.size:
@@ -221,7 +221,7 @@ class ClipCutter:
 
     def _cut(self, start: int) -> Clip:
         offset = start * SAMPLES_PER_FRAME - self.audio_start
-        audio = self.audio[offset: offset + AUDIO_SAMPLES].reshape(1, AUDIO_SAMPLES).copy()
+        audio = self.audio[offset : offset + AUDIO_SAMPLES].reshape(1, AUDIO_SAMPLES).copy()
         if self.with_video:
             grid = [self.frames[start + i] for i in range(FRAMES)]
             video = np.stack([frame.base for frame in grid])
@@ -329,17 +329,24 @@ def iter_clips(container: av.container.InputContainer, uri: str, options: ClipOp
             cutter.add_frames(grid.finish(last_video_end))
         yield from cutter.ready_clips()
     except av.error.FFmpegError as error:
-        raise MediaError(Reason.DECODE_ERROR, uri, f"decoding failed after {cutter.clips_made} clips ({error})") from error
+        raise MediaError(
+            Reason.DECODE_ERROR, uri, f"decoding failed after {cutter.clips_made} clips ({error})"
+        ) from error
     if cutter.clips_made == 0:
         raise _no_clip_error(cutter, uri, options.start_seconds)
 
 
 def _no_clip_error(cutter: ClipCutter, uri: str, start_seconds: float) -> MediaError:
-    missing = [name for name, first in (("audio", cutter.first_audio_sample), ("video", cutter.first_video_index))
-               if first is None and (name == "audio" or cutter.with_video)]
+    missing = [
+        name
+        for name, first in (("audio", cutter.first_audio_sample), ("video", cutter.first_video_index))
+        if first is None and (name == "audio" or cutter.with_video)
+    ]
     if missing and start_seconds == 0:
         return MediaError(Reason.DECODE_ERROR, uri, f"no decodable {' or '.join(missing)} frames")
-    return MediaError(Reason.TOO_SHORT, uri, f"no {FRAMES / FPS:g} s with both audio and video from {start_seconds:g} s")
+    return MediaError(
+        Reason.TOO_SHORT, uri, f"no {FRAMES / FPS:g} s with both audio and video from {start_seconds:g} s"
+    )
 
 
 def open_source(uri: str, options: ClipOptions) -> tuple[SourceInfo, Iterator[Clip]]:

@@ -23,10 +23,10 @@ def fit_square(image: np.ndarray, side: int) -> np.ndarray:
     """Centre `image` (H, W, 3) on a black `side`×`side` canvas, cropping what overflows."""
     height, width = image.shape[:2]
     top, left = (height - side) // 2, (width - side) // 2
-    cropped = image[max(top, 0): max(top, 0) + side, max(left, 0): max(left, 0) + side]
+    cropped = image[max(top, 0) : max(top, 0) + side, max(left, 0) : max(left, 0) + side]
     canvas = np.zeros((side, side, 3), dtype=np.uint8)
     y, x = max(-top, 0), max(-left, 0)
-    canvas[y: y + cropped.shape[0], x: x + cropped.shape[1]] = cropped
+    canvas[y : y + cropped.shape[0], x : x + cropped.shape[1]] = cropped
     return canvas
 
 

@@ -10,10 +10,25 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import is_remote, join, resolve
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-    ".flv", ".wmv", ".3gp", ".ogv",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".ogv",
+    }
+)
 """Suffixes (compared lower-case) of the files a folder or prefix contributes."""
 
 LIST_FILE_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -30,7 +45,8 @@ def _uri_of(input_uri: str, path: str) -> str:
 def _list_folder(uri: str, fs: pafs.FileSystem, path: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return [
-        _uri_of(uri, info.path) for info in infos
+        _uri_of(uri, info.path)
+        for info in infos
         if info.type == pafs.FileType.File and PurePosixPath(info.path).suffix.lower() in VIDEO_EXTENSIONS
     ]
 
@@ -61,8 +77,10 @@ def list_inputs(uri: str) -> list[str]:
         raise ValueError(f"{uri}: input does not exist")
     if kind == pafs.FileType.File:
         if PurePosixPath(path).suffix.lower() not in LIST_FILE_SUFFIXES:
-            raise ValueError(f"{uri}: an input file must be a list ({', '.join(LIST_FILE_SUFFIXES)}); "
-                             "give the folder that holds a video instead")
+            raise ValueError(
+                f"{uri}: an input file must be a list ({', '.join(LIST_FILE_SUFFIXES)}); "
+                "give the folder that holds a video instead"
+            )
         found = _read_list_file(uri, fs, path)
     else:
         found = _list_folder(uri, fs, path)

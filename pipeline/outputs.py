@@ -13,13 +13,25 @@ from pipeline.config import PreprocessStats
 from pipeline.storage import join, write_atomically
 from pipeline.task import ShardRecord
 
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("shard", pa.string()), ("source", pa.string()), ("clip_index", pa.int32()),
-    ("start_seconds", pa.float64()), ("source_fps", pa.float64()), ("source_sample_rate", pa.int32()),
-])
-ERRORS_SCHEMA = pa.schema([
-    ("uri", pa.string()), ("reason", pa.string()), ("message", pa.string()), ("clips_written", pa.int32()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("clip_index", pa.int32()),
+        ("start_seconds", pa.float64()),
+        ("source_fps", pa.float64()),
+        ("source_sample_rate", pa.int32()),
+    ]
+)
+ERRORS_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("clips_written", pa.int32()),
+    ]
+)
 
 
 def _write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
@@ -32,6 +44,9 @@ def write_outputs(output_uri: str, records: list[ShardRecord], stats: Preprocess
     """Rewrite the manifest and error tables from all records, and this run's stats."""
     _write_table(join(output_uri, "manifest.parquet"), [row for r in records for row in r.clips], MANIFEST_SCHEMA)
     _write_table(join(output_uri, "errors.parquet"), [row for r in records for row in r.errors], ERRORS_SCHEMA)
-    summary = {**asdict(stats), "clips_per_second": round(stats.clips_per_second, 3),
-               "bytes_per_clip": round(stats.bytes_per_clip, 1)}
+    summary = {
+        **asdict(stats),
+        "clips_per_second": round(stats.clips_per_second, 3),
+        "bytes_per_clip": round(stats.bytes_per_clip, 1),
+    }
     write_atomically(join(output_uri, "stats.json"), json.dumps(summary, indent=2).encode("utf-8"))

@@ -25,8 +25,11 @@ def _files(folder_uri: str) -> list[pafs.FileInfo]:
 
 def read_records(output_uri: str) -> list[ShardRecord]:
     """Every finished unit's record, in shard order (read in parallel: on S3 each is a request)."""
-    names = [info.base_name for info in _files(join(output_uri, PARTS_FOLDER))
-             if info.base_name.endswith(".json") and not info.base_name.startswith(TEMPORARY_PREFIX)]
+    names = [
+        info.base_name
+        for info in _files(join(output_uri, PARTS_FOLDER))
+        if info.base_name.endswith(".json") and not info.base_name.startswith(TEMPORARY_PREFIX)
+    ]
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         records = list(pool.map(lambda name: record_from_json(read_bytes(join(output_uri, PARTS_FOLDER, name))), names))
     return sorted(records, key=lambda record: record.number)
@@ -42,8 +45,10 @@ def remove_unfinished(output_uri: str, records: list[ShardRecord]) -> list[str]:
         return name.startswith(TEMPORARY_PREFIX) or (number is not None and number not in finished)
 
     removed = []
-    for folder, unfinished in ((join(output_uri, SHARD_FOLDER), unfinished_shard),
-                               (join(output_uri, PARTS_FOLDER), lambda name: name.startswith(TEMPORARY_PREFIX))):
+    for folder, unfinished in (
+        (join(output_uri, SHARD_FOLDER), unfinished_shard),
+        (join(output_uri, PARTS_FOLDER), lambda name: name.startswith(TEMPORARY_PREFIX)),
+    ):
         fs, _ = resolve(folder)
         for info in _files(folder):
             if unfinished(info.base_name):
@@ -61,8 +66,9 @@ def read_plan(output_uri: str) -> list[ShardTask]:
     return [ShardTask(**unit) for unit in json.loads(read_bytes(uri))["units"]]
 
 
-def extend_plan(plan: list[ShardTask], records: list[ShardRecord], inputs: list[str],
-                videos_per_shard: int) -> list[ShardTask]:
+def extend_plan(
+    plan: list[ShardTask], records: list[ShardRecord], inputs: list[str], videos_per_shard: int
+) -> list[ShardTask]:
     """`plan` plus units for the inputs no planned or recorded unit holds, numbered after them.
 
     A planned unit keeps its number and sources for ever, so a rerun redoes an unfinished unit
@@ -71,12 +77,16 @@ def extend_plan(plan: list[ShardTask], records: list[ShardRecord], inputs: list[
     known = {source for unit in plan for source in unit.sources} | {s for r in records for s in r.sources}
     new = [uri for uri in inputs if uri not in known]
     first = max([unit.number for unit in plan] + [record.number for record in records], default=-1) + 1
-    return plan + [ShardTask(number=first + index, sources=new[start: start + videos_per_shard])
-                   for index, start in enumerate(range(0, len(new), videos_per_shard))]
+    return plan + [
+        ShardTask(number=first + index, sources=new[start : start + videos_per_shard])
+        for index, start in enumerate(range(0, len(new), videos_per_shard))
+    ]
 
 
 def write_plan(output_uri: str, plan: list[ShardTask]) -> None:
-    write_atomically(join(output_uri, PLAN_FILE), json.dumps({"units": [asdict(unit) for unit in plan]}).encode("utf-8"))
+    write_atomically(
+        join(output_uri, PLAN_FILE), json.dumps({"units": [asdict(unit) for unit in plan]}).encode("utf-8")
+    )
 
 
 def unfinished_units(plan: list[ShardTask], records: list[ShardRecord]) -> list[ShardTask]:

@@ -56,8 +56,9 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRec
     import ray
 
     ensure_ray()
-    dataset = ray.data.from_items([{"task": json.dumps(asdict(task))} for task in tasks],
-                                  override_num_blocks=len(tasks))
+    dataset = ray.data.from_items(
+        [{"task": json.dumps(asdict(task))} for task in tasks], override_num_blocks=len(tasks)
+    )
     records = dataset.map(
         run_unit,
         fn_kwargs={"output_uri": config.output, "options": config.clip_options(), "environment": storage_environment()},
@@ -67,8 +68,13 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRec
     finished = []
     for row in records.iter_rows():
         record = record_from_json(row["record"])
-        log.info("shard %06d: %d clips, %d errors, %.1f s", record.number, len(record.clips),
-                 len(record.errors), record.seconds)
+        log.info(
+            "shard %06d: %d clips, %d errors, %.1f s",
+            record.number,
+            len(record.clips),
+            len(record.errors),
+            record.seconds,
+        )
         finished.append(record)
     return finished
 

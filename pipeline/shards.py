@@ -43,7 +43,7 @@ class ShardWriter:
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if self._tar is None:
             self._target = AtomicWriter(self.uri)
-            self._tar = tarfile.open(fileobj=self._target.open(), mode="w|", format=tarfile.USTAR_FORMAT)
+            self._tar = tarfile.open(fileobj=self._target.open(), mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in __exit__)
         for suffix, data in members.items():
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644

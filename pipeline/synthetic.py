@@ -62,7 +62,7 @@ def render_frames(scene: BallScene, seconds: float) -> np.ndarray:
     grid_y, grid_x = np.mgrid[0:SOURCE_SIZE, 0:SOURCE_SIZE]
     frames = np.empty((len(times), SOURCE_SIZE, SOURCE_SIZE, 3), dtype=np.uint8)
     frames[:] = np.array(scene.background, dtype=np.uint8)
-    frames[:, floor + BALL_RADIUS:, :] = 90  # the floor
+    frames[:, floor + BALL_RADIUS :, :] = 90  # the floor
     for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
         dx = np.minimum(np.abs(grid_x - x), SOURCE_SIZE - np.abs(grid_x - x))  # wraps around the sides
         inside = dx**2 + (grid_y - y) ** 2 <= BALL_RADIUS**2
@@ -76,7 +76,7 @@ def render_audio(scene: BallScene, seconds: float) -> np.ndarray:
     frequency = scene.base_pitch * 2 ** ball_height(scene, times)
     phase = 2 * np.pi * np.cumsum(frequency) / SOURCE_SAMPLE_RATE
     signal = 0.25 * np.sin(phase)
-    since_bounce = (times % scene.bounce_seconds)
+    since_bounce = times % scene.bounce_seconds
     signal += 0.6 * np.exp(-since_bounce * 60) * np.sin(2 * np.pi * 90 * since_bounce)
     return (np.clip(signal, -1, 1) * 32767).astype(np.int16)[None, :]
 

@@ -68,9 +68,17 @@ def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[l
         for clip in decoding_failures_as_media_errors(clips, uri):
             key = sample_key(uri, clip.index)
             writer.write(key, encode_sample(clip, info))
-            rows.append({"key": key, "shard": writer.relative_path, "source": uri, "clip_index": clip.index,
-                         "start_seconds": clip.start_seconds, "source_fps": info.fps,
-                         "source_sample_rate": info.sample_rate})
+            rows.append(
+                {
+                    "key": key,
+                    "shard": writer.relative_path,
+                    "source": uri,
+                    "clip_index": clip.index,
+                    "start_seconds": clip.start_seconds,
+                    "source_fps": info.fps,
+                    "source_sample_rate": info.sample_rate,
+                }
+            )
     except MediaError as error:
         return rows, {"uri": uri, "reason": error.reason.value, "message": str(error), "clips_written": len(rows)}
     return rows, None

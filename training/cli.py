@@ -36,7 +36,9 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", default=None, help=f"model preset ({', '.join(MODEL_PRESETS)}) or a YAML file of TrainConfig fields")
+    parser.add_argument(
+        "--config", default=None, help=f"model preset ({', '.join(MODEL_PRESETS)}) or a YAML file of TrainConfig fields"
+    )
     parser.add_argument("--workers", default=None, help="N workers, or MIN:MAX for elastic training")
     parser.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker (NCCL)")
     for flag, (_, kind, help_) in _FIELD_FLAGS.items():
@@ -60,7 +62,9 @@ def config_from_args(args: argparse.Namespace, task: Task) -> TrainConfig:
         values["gpus"] = True
     missing = [name for name in ("data", "output") if name not in values]
     if missing:
-        raise ValueError(f"missing {' and '.join('--' + name for name in missing)} (give the flag or set it in the YAML file)")
+        raise ValueError(
+            f"missing {' and '.join('--' + name for name in missing)} (give the flag or set it in the YAML file)"
+        )
     values["task"] = task
     return TrainConfig.from_dict(values)
 
@@ -85,6 +89,9 @@ def run_command(prog: str, description: str, task: Task, argv: list[str] | None)
     print(f"run {result.run_name}: step {result.step}, loss {result.metrics.get('loss', float('nan')):.4f}")
     print(f"  checkpoint:   {result.checkpoint}")
     print(f"  MLflow run:   {result.mlflow_run_id}")
-    print(f"  model:        {result.model_uri}" + (f" (registered version {result.registered_version})" if result.registered_version else ""))
+    print(
+        f"  model:        {result.model_uri}"
+        + (f" (registered version {result.registered_version})" if result.registered_version else "")
+    )
     print(f"  loss curve:   {result.loss_curve}")
     return 0

@@ -23,7 +23,13 @@ from webdataset import tariterators
 from mmdiffusion import DiffusionConfig, GaussianDiffusion
 from mmdiffusion.constants import AUDIO_CHANNELS, AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, VIDEO_CHANNELS
 from mmdiffusion.media import audio_from_int16, video_from_uint8, video_to_uint8
-from mmdiffusion.metrics import ExtractorConfig, build_audio_extractor, build_video_extractor, frechet_distance_of_features, mmd2_unbiased
+from mmdiffusion.metrics import (
+    ExtractorConfig,
+    build_audio_extractor,
+    build_video_extractor,
+    frechet_distance_of_features,
+    mmd2_unbiased,
+)
 from mmdiffusion.sampling import SamplerConfig, clip_shapes, sample_joint
 from pipeline.shards import SHARD_FOLDER, shard_number
 from pipeline.storage import join, read_bytes, resolve
@@ -62,7 +68,9 @@ class EvaluationConfig:
             raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
         minimum = 2 if set(self.metrics) - {"val_loss"} else 1
         if self.num_samples < minimum:
-            raise ValueError(f"num_samples must be >= {minimum} for metrics {', '.join(self.metrics)}, got {self.num_samples}")
+            raise ValueError(
+                f"num_samples must be >= {minimum} for metrics {', '.join(self.metrics)}, got {self.num_samples}"
+            )
         if not self.loss_timesteps or not all(0 <= t < self.diffusion.steps for t in self.loss_timesteps):
             raise ValueError(f"loss_timesteps must lie in 0..{self.diffusion.steps - 1}, got {self.loss_timesteps}")
         if self.batch_size < 1:
@@ -77,7 +85,9 @@ class EvaluationConfig:
             "batch_size": self.batch_size,
             "diffusion": asdict(self.diffusion),
             "sampler": asdict(self.sampler),
-            "extractors": {key: value for key, value in asdict(self.extractors).items() if key not in ("batch_size", "device")},
+            "extractors": {
+                key: value for key, value in asdict(self.extractors).items() if key not in ("batch_size", "device")
+            },
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -158,7 +168,9 @@ def _decode_clip(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     video = np.load(io.BytesIO(sample["video.npy"]), allow_pickle=False)
     audio = np.load(io.BytesIO(sample["audio.npy"]), allow_pickle=False)
     if video.dtype != np.uint8 or video.shape != (FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS):
-        raise ValueError(f"video.npy is {video.dtype} {video.shape}, expected uint8 {(FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS)}")
+        raise ValueError(
+            f"video.npy is {video.dtype} {video.shape}, expected uint8 {(FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS)}"
+        )
     if audio.dtype != np.int16 or audio.shape != (AUDIO_CHANNELS, AUDIO_SAMPLES):
         raise ValueError(f"audio.npy is {audio.dtype} {audio.shape}, expected int16 {(AUDIO_CHANNELS, AUDIO_SAMPLES)}")
     return video, audio_from_int16(audio).numpy()
@@ -222,12 +234,18 @@ def held_out_loss(model: torch.nn.Module, clips: ReferenceClips, config: Evaluat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.noise_seed)
         for start in range(0, len(work), config.batch_size):
-            _add_batch_loss(model, diffusion, work[start:start + config.batch_size], clips, totals, device)
+            _add_batch_loss(model, diffusion, work[start : start + config.batch_size], clips, totals, device)
     return {f"val_{name}": total / len(work) for name, total in totals.items()}
 
 
-def _add_batch_loss(model: torch.nn.Module, diffusion: GaussianDiffusion, batch: list[_Work], clips: ReferenceClips,
-                    totals: dict[str, float], device: torch.device) -> None:
+def _add_batch_loss(
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    batch: list[_Work],
+    clips: ReferenceClips,
+    totals: dict[str, float],
+    device: torch.device,
+) -> None:
     indices = [index for index, *_ in batch]
     video = torch.stack([video_from_uint8(clips.video[index]) for index in indices]).to(device)
     audio = torch.from_numpy(clips.audio[indices]).to(device)
@@ -258,7 +276,9 @@ class SamplerGenerator:
             torch.manual_seed(self.seed)  # randomness inside the network (RS-MMA shifts)
             for start in range(0, count, self.batch_size):
                 shapes = clip_shapes(self.model.config, min(self.batch_size, count - start))
-                video, audio = sample_joint(self.model, diffusion, self.sampler, shapes, generator=generator, device=device)
+                video, audio = sample_joint(
+                    self.model, diffusion, self.sampler, shapes, generator=generator, device=device
+                )
                 videos.extend(video_to_uint8(clip) for clip in video)
                 audios.append(audio.float().cpu().numpy())
         return np.stack(videos), np.concatenate(audios)
@@ -302,20 +322,44 @@ def evaluate(
         metrics.update(held_out_loss(model, clips, config))
     sample_metrics = tuple(name for name in config.metrics if name != "val_loss")
     if sample_metrics:
-        generate = generate or SamplerGenerator(model, config.diffusion, config.sampler, config.noise_seed, config.batch_size)
+        generate = generate or SamplerGenerator(
+            model, config.diffusion, config.sampler, config.noise_seed, config.batch_size
+        )
         if len(clips) < 2:
-            raise EvaluationDataError(f"{', '.join(sample_metrics)} need at least 2 reference clips, {clips.data_uri!r} has {len(clips)}")
+            raise EvaluationDataError(
+                f"{', '.join(sample_metrics)} need at least 2 reference clips, {clips.data_uri!r} has {len(clips)}"
+            )
         video, audio = generate(len(clips))
         _check_generated(video, audio, len(clips))
-        metrics.update(distribution_metrics(video, np.asarray(audio, dtype=np.float32), clips, sample_metrics, config.extractors))
-    return EvaluationResult(metrics, clips.data_uri, clips.digest, clips.manifest_sha256, config.settings_digest(), len(clips), list(clips.skipped))
+        metrics.update(
+            distribution_metrics(video, np.asarray(audio, dtype=np.float32), clips, sample_metrics, config.extractors)
+        )
+    return EvaluationResult(
+        metrics,
+        clips.data_uri,
+        clips.digest,
+        clips.manifest_sha256,
+        config.settings_digest(),
+        len(clips),
+        list(clips.skipped),
+    )
 
 
 def _check_generated(video: np.ndarray, audio: np.ndarray, count: int) -> None:
-    if np.asarray(video).dtype != np.uint8 or np.asarray(video).shape != (count, FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS):
-        raise ValueError(f"generated video must be uint8 {(count, FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS)}, got {np.asarray(video).dtype} {np.asarray(video).shape}")
+    if np.asarray(video).dtype != np.uint8 or np.asarray(video).shape != (
+        count,
+        FRAMES,
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+        VIDEO_CHANNELS,
+    ):
+        raise ValueError(
+            f"generated video must be uint8 {(count, FRAMES, IMAGE_SIZE, IMAGE_SIZE, VIDEO_CHANNELS)}, got {np.asarray(video).dtype} {np.asarray(video).shape}"
+        )
     if np.asarray(audio).shape != (count, AUDIO_CHANNELS, AUDIO_SAMPLES):
-        raise ValueError(f"generated audio must be {(count, AUDIO_CHANNELS, AUDIO_SAMPLES)}, got {np.asarray(audio).shape}")
+        raise ValueError(
+            f"generated audio must be {(count, AUDIO_CHANNELS, AUDIO_SAMPLES)}, got {np.asarray(audio).shape}"
+        )
 
 
 EVALUATION_EXPERIMENT = "mmdiff-evaluation"
@@ -357,18 +401,22 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
     tags = {"mmdiff.evaluated_model": model_uri, "mmdiff.run_kind": "evaluation"}
     if source_run is not None:
         tags["mmdiff.model_run_id"] = source_run
-    with mlflow.start_run(experiment_id=experiment_id, run_name="evaluation", tags=tags, nested=mlflow.active_run() is not None) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name="evaluation", tags=tags, nested=mlflow.active_run() is not None
+    ) as run:
         mlflow.log_metrics(result.metrics)
-        mlflow.log_params({
-            "data_uri": result.data_uri,
-            "data_digest": result.data_digest,
-            "data_manifest_sha256": result.manifest_sha256,
-            "settings_digest": result.settings_digest,
-            "num_clips": result.num_clips,
-            "metrics": ",".join(config.metrics),
-            "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
-            "noise_seed": config.noise_seed,
-        })
+        mlflow.log_params(
+            {
+                "data_uri": result.data_uri,
+                "data_digest": result.data_digest,
+                "data_manifest_sha256": result.manifest_sha256,
+                "settings_digest": result.settings_digest,
+                "num_clips": result.num_clips,
+                "metrics": ",".join(config.metrics),
+                "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
+                "noise_seed": config.noise_seed,
+            }
+        )
         if result.skipped:
             mlflow.log_dict({"skipped": result.skipped}, "evaluation/skipped.json")
         return run.info.run_id

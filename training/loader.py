@@ -93,7 +93,9 @@ def decode_sample(sample: dict[str, bytes], spec: SampleSpec) -> dict[str, np.nd
 
 def _check(key: str, member: str, array: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:
     if array.shape != shape or array.dtype != dtype:
-        raise ValueError(f"sample {key}: {member} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+        raise ValueError(
+            f"sample {key}: {member} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}"
+        )
 
 
 def collate(arrays: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -106,7 +108,9 @@ def collate(arrays: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
             batch[name] = stacked.to(torch.float32).div_(AUDIO_SCALE)
         else:
             # One pass converts and re-lays out; the in-place scaling allocates nothing more.
-            frames = rearrange(stacked, "b f h w c -> b f c h w").to(torch.float32, memory_format=torch.contiguous_format)
+            frames = rearrange(stacked, "b f h w c -> b f c h w").to(
+                torch.float32, memory_format=torch.contiguous_format
+            )
             batch[name] = frames.mul_(1 / 127.5).sub_(1.0)
     return batch
 

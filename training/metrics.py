@@ -60,7 +60,13 @@ class IntervalMetrics:
 
     def summary(self) -> dict[str, float]:
         """The interval's means over all workers, then a fresh interval."""
-        packed = torch.cat([self.sums.flatten(), self.counts, torch.tensor([float(self.clips)], device=self.device, dtype=torch.float64)])
+        packed = torch.cat(
+            [
+                self.sums.flatten(),
+                self.counts,
+                torch.tensor([float(self.clips)], device=self.device, dtype=torch.float64),
+            ]
+        )
         if distributed():
             dist.all_reduce(packed)
         sums = packed[: self.sums.numel()].view_as(self.sums)

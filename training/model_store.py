@@ -79,7 +79,9 @@ def _checkpoint_file(path: Path, uri: str | Path) -> Path:
         return path
     mlmodel = path / MLMODEL_FILE
     if not mlmodel.is_file():
-        raise FileNotFoundError(f"model {uri!r}: {path} is neither a checkpoint file nor an MLflow model folder (no MLmodel)")
+        raise FileNotFoundError(
+            f"model {uri!r}: {path} is neither a checkpoint file nor an MLflow model folder (no MLmodel)"
+        )
     flavor = (yaml.safe_load(mlmodel.read_text()).get("flavors") or {}).get("python_function") or {}
     if flavor.get("loader_module") != __name__ or "data" not in flavor:
         raise ValueError(f"model {uri!r}: not an mmdiffusion model (its MLmodel has no {__name__} loader)")
@@ -105,7 +107,9 @@ class _DenoiserPyfunc:
         self.model = model
 
     @torch.no_grad()
-    def predict(self, model_input: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, model_input: dict[str, np.ndarray], params: dict[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
         video = torch.as_tensor(np.asarray(model_input["video"]), dtype=torch.float32)
         audio = torch.as_tensor(np.asarray(model_input["audio"]), dtype=torch.float32)
         timesteps = torch.as_tensor(np.asarray(model_input["timesteps"]), dtype=torch.long)

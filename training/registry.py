@@ -106,7 +106,12 @@ def source_commit() -> str:
     """The git commit of the running code, or "unknown" outside a git checkout."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -135,7 +140,9 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None
 
 
-def metric_value(client: MlflowClient, version: ModelVersion, metric: str, evidence: Evidence, evaluate: Evaluator) -> float:
+def metric_value(
+    client: MlflowClient, version: ModelVersion, metric: str, evidence: Evidence, evaluate: Evaluator
+) -> float:
     """The version's metric on the evidence's data: read from its tags when they match the
     data and settings, evaluated (and recorded as tags) otherwise."""
     tag = EVAL_TAG + metric
@@ -143,19 +150,28 @@ def metric_value(client: MlflowClient, version: ModelVersion, metric: str, evide
         return float(version.tags[tag])
     values = dict(evaluate(version))
     if metric not in values:
-        raise RegistryError(f"evaluation of {version.name} version {version.version} produced no {metric!r} (got {sorted(values)})")
+        raise RegistryError(
+            f"evaluation of {version.name} version {version.version} produced no {metric!r} (got {sorted(values)})"
+        )
     record_evaluation(client, version, values, evidence)
     return float(values[metric])
 
 
-def record_evaluation(client: MlflowClient, version: ModelVersion, values: Mapping[str, float], evidence: Evidence) -> None:
+def record_evaluation(
+    client: MlflowClient, version: ModelVersion, values: Mapping[str, float], evidence: Evidence
+) -> None:
     tags = {EVAL_TAG + name: repr(float(value)) for name, value in values.items()} | evidence.tags()
     for key, value in tags.items():
         client.set_model_version_tag(version.name, str(version.version), key, value)
 
 
 def promote(
-    client: MlflowClient, name: str, candidate: ModelVersion, policy: PromotionPolicy, evidence: Evidence, evaluate: Evaluator
+    client: MlflowClient,
+    name: str,
+    candidate: ModelVersion,
+    policy: PromotionPolicy,
+    evidence: Evidence,
+    evaluate: Evaluator,
 ) -> PromotionDecision:
     """Move `champion` to `candidate` if it beats the current champion on the same data.
 
@@ -167,8 +183,14 @@ def promote(
     champion_id = None if champion is None else str(champion.version)
     candidate_value = metric_value(client, candidate, policy.metric, evidence, evaluate)
     if champion_id == candidate_id:
-        return PromotionDecision(True, candidate_id, champion_id, candidate_value, candidate_value,
-                                 f"{name} version {candidate_id} already is the champion ({policy.metric}={candidate_value:.6g})")
+        return PromotionDecision(
+            True,
+            candidate_id,
+            champion_id,
+            candidate_value,
+            candidate_value,
+            f"{name} version {candidate_id} already is the champion ({policy.metric}={candidate_value:.6g})",
+        )
     if champion is None:
         _make_champion(client, name, candidate, replaced=None)
         message = f"{name} version {candidate_id} is the first champion ({policy.metric}={candidate_value:.6g})"

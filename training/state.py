@@ -1,12 +1,12 @@
 """The training checkpoint: one folder that Ray Train persists (locally or on S3).
 
-    model.safetensors   weights and config (loadable with `mmdiffusion.load_model`)
-    ema.safetensors     the EMA weights, same format
-    optimizer.pt        AdamW state (tensors and numbers only: loads with weights_only=True)
-    scaler.pt           the fp16 GradScaler state
-    state.json          step, MLflow run id, world size, counters
-    data-rankNNNN.json  where each worker's data stream stood (every rank writes its own;
-                        Ray merges the workers' folders into one checkpoint)
+model.safetensors   weights and config (loadable with `mmdiffusion.load_model`)
+ema.safetensors     the EMA weights, same format
+optimizer.pt        AdamW state (tensors and numbers only: loads with weights_only=True)
+scaler.pt           the fp16 GradScaler state
+state.json          step, MLflow run id, world size, counters
+data-rankNNNN.json  where each worker's data stream stood (every rank writes its own;
+                    Ray merges the workers' folders into one checkpoint)
 """
 
 from __future__ import annotations

@@ -37,7 +37,11 @@ def run_key(config: TrainConfig) -> str:
 def git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -49,12 +53,14 @@ def run_params(config: TrainConfig, shard_count: int) -> dict[str, str]:
     params = dict(_flatten(config.to_dict()))
     params.update(_flatten(config.model_config().to_dict(), "model_config."))
     params.update(_flatten(vars(config.diffusion_config()), "diffusion."))
-    params.update({
-        "data.manifest_uri": manifest.uri,
-        "data.manifest_sha256": manifest.sha256,
-        "data.shards": str(shard_count),
-        "git_commit": git_commit(),
-    })
+    params.update(
+        {
+            "data.manifest_uri": manifest.uri,
+            "data.manifest_sha256": manifest.sha256,
+            "data.shards": str(shard_count),
+            "git_commit": git_commit(),
+        }
+    )
     return params
 
 
@@ -78,11 +84,16 @@ def open_run(config: TrainConfig, tracking_uri: str, shard_count: int) -> str:
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
     key = run_key(config).replace("'", "\\'")
     earlier = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1, order_by=["attributes.start_time DESC"]
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
     )
     if earlier:
         return earlier[0].info.run_id
-    run = client.create_run(experiment_id, run_name=config.run_name, tags={RUN_KEY_TAG: run_key(config), "mmdiff.task": config.task})
+    run = client.create_run(
+        experiment_id, run_name=config.run_name, tags={RUN_KEY_TAG: run_key(config), "mmdiff.task": config.task}
+    )
     params = [Param(name, value[:6000]) for name, value in run_params(config, shard_count).items()]
     for first in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=params[first : first + 100])

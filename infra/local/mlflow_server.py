@@ -63,9 +63,7 @@ def launch_mlflow_server(
 ) -> ServerLaunch:
     # The GenAI job runner (seven huey consumer processes) serves nothing this project uses.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
-    return launch_server(
-        "MLflow server", mlflow_server_command(config), log_path, config.health_url, env
-    )
+    return launch_server("MLflow server", mlflow_server_command(config), log_path, config.health_url, env)
 
 
 def start_mlflow_server(

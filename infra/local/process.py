@@ -98,9 +98,7 @@ class ServerLaunch:
         so a failed start leaves nothing running.
         """
         try:
-            wait_for_http(
-                self.name, self.health_url, timeout_s, self.pid, self.log_path, self.health_headers
-            )
+            wait_for_http(self.name, self.health_url, timeout_s, self.pid, self.log_path, self.health_headers)
         except BaseException:
             stop_tree(self.pid)
             raise
@@ -221,15 +219,11 @@ def stop_trees(roots: Sequence[tuple[int, float | None]], grace_s: float = 15.0)
 
 def _signal_all(processes: Sequence[psutil.Process], signum: int) -> None:
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _reap(pid: int) -> None:
     """Collect the exit status of a child of this process so it does not stay a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -10,9 +10,9 @@ cluster in the default temp dir).
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Mapping
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,9 +131,7 @@ def ray_head_command(config: RayHeadConfig) -> list[str]:
     return command
 
 
-def launch_ray_head(
-    config: RayHeadConfig, log_path: Path, extra_env: Mapping[str, str] | None = None
-) -> ServerLaunch:
+def launch_ray_head(config: RayHeadConfig, log_path: Path, extra_env: Mapping[str, str] | None = None) -> ServerLaunch:
     """Spawn the head; healthy once its job API answers.
 
     `extra_env` reaches every worker and job driver of this head (they inherit the raylet's

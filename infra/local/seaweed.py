@@ -149,6 +149,4 @@ def ensure_buckets(config: SeaweedConfig, buckets: Iterable[str]) -> None:
             if bucket not in existing:
                 client.create_bucket(Bucket=bucket)
     except (BotoCoreError, ClientError) as error:
-        raise ServiceStartError(
-            f"SeaweedFS at {config.endpoint_url} refused to create buckets: {error}"
-        ) from error
+        raise ServiceStartError(f"SeaweedFS at {config.endpoint_url} refused to create buckets: {error}") from error

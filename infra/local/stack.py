@@ -213,9 +213,7 @@ def up(config: StackConfig) -> StackState:
     )
     ray_config = RayHeadConfig(
         ports=RayHeadPorts.pick_free(
-            dashboard=_choose_port(
-                config.ray_dashboard_port, "the Ray dashboard", "--ray-dashboard-port"
-            )
+            dashboard=_choose_port(config.ray_dashboard_port, "the Ray dashboard", "--ray-dashboard-port")
         ),
         temp_dir=ray_temp_dir(state_dir),
         num_cpus=config.ray_num_cpus,
@@ -237,16 +235,10 @@ def up(config: StackConfig) -> StackState:
     try:
         launches.append(("seaweedfs", launch_seaweed(s3, logs / "seaweed.log")))
         server_env = {
-            name: value
-            for name, value in state.client_env().items()
-            if name.startswith(("AWS_", "MLFLOW_S3_"))
+            name: value for name, value in state.client_env().items() if name.startswith(("AWS_", "MLFLOW_S3_"))
         }
-        launches.append(
-            ("mlflow", launch_mlflow_server(mlflow_config, logs / "mlflow.log", server_env))
-        )
-        launches.append(
-            ("ray-head", launch_ray_head(ray_config, logs / "ray-head.log", state.client_env()))
-        )
+        launches.append(("mlflow", launch_mlflow_server(mlflow_config, logs / "mlflow.log", server_env)))
+        launches.append(("ray-head", launch_ray_head(ray_config, logs / "ray-head.log", state.client_env())))
         deadline = time.monotonic() + config.startup_timeout_s
         for _, launch in launches:
             launch.wait_healthy(max(1.0, deadline - time.monotonic()))

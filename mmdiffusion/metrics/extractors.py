@@ -60,7 +60,7 @@ class I3DFeatures:
         rows = []
         device = next(self.network.parameters()).device
         for start in range(0, len(video), self.batch_size):
-            clips = torch.from_numpy(video[start:start + self.batch_size]).to(device).float() / 127.5 - 1.0
+            clips = torch.from_numpy(video[start : start + self.batch_size]).to(device).float() / 127.5 - 1.0
             frames = rearrange(clips, "b f h w c -> (b f) c h w")
             frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
             batch = rearrange(frames, "(b f) c h w -> b c f h w", b=clips.shape[0])

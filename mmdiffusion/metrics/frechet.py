@@ -25,7 +25,7 @@ class GaussianStatistics:
     covariance: np.ndarray
 
     @classmethod
-    def of(cls, features: np.ndarray) -> "GaussianStatistics":
+    def of(cls, features: np.ndarray) -> GaussianStatistics:
         """Fit to `features` [N, D]; N ≥ 2 (an unbiased covariance needs two samples)."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[0] < 2:

@@ -15,6 +15,7 @@ import io
 import math
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -78,8 +79,15 @@ class MaxPool3dSame(nn.Module):
 class Unit3D(nn.Module):
     """Conv3d ("SAME" padding) → batch norm → ReLU, or a plain biased conv for the logits."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (1, 1, 1),
-                 stride: tuple[int, int, int] = (1, 1, 1), *, logits: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+        *,
+        logits: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel, self.stride, self.logits = kernel, stride, logits
         self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, bias=logits)
@@ -146,14 +154,14 @@ class InceptionI3d(nn.Module):
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and refuses every other global (no code runs)."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], object]] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
         ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+    def find_class(self, module: str, name: str):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
@@ -196,8 +204,12 @@ def state_dict_from_jax(tree: dict) -> dict[str, torch.Tensor]:
         bias = leaf("params", f"{module}|BatchNorm_0|bias")
         state[f"{prefix}.bn.weight"] = torch.ones_like(torch.from_numpy(bias))
         state[f"{prefix}.bn.bias"] = torch.from_numpy(bias)
-        state[f"{prefix}.bn.running_mean"] = torch.from_numpy(leaf("batch_stats", f"{module}|BatchNorm_0|mean").reshape(-1))
-        state[f"{prefix}.bn.running_var"] = torch.from_numpy(leaf("batch_stats", f"{module}|BatchNorm_0|var").reshape(-1))
+        state[f"{prefix}.bn.running_mean"] = torch.from_numpy(
+            leaf("batch_stats", f"{module}|BatchNorm_0|mean").reshape(-1)
+        )
+        state[f"{prefix}.bn.running_var"] = torch.from_numpy(
+            leaf("batch_stats", f"{module}|BatchNorm_0|var").reshape(-1)
+        )
     logits = "Logits/Conv3d_0c_1x1|Conv_0"
     state["logits.conv3d.weight"] = torch.from_numpy(leaf("params", f"{logits}|kernel").transpose(4, 3, 0, 1, 2).copy())
     state["logits.conv3d.bias"] = torch.from_numpy(leaf("params", f"{logits}|bias"))
@@ -220,6 +232,8 @@ def load_i3d(weights: str | Path | None = None) -> InceptionI3d:
     expected = {key for key in model.state_dict() if not key.endswith("num_batches_tracked")}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"{path}: not an I3D state dict (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise ValueError(
+            f"{path}: not an I3D state dict (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     model.load_state_dict(state, strict=False)
     return model.eval()

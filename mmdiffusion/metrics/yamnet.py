@@ -45,7 +45,9 @@ class YamNetEmbedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._session = onnxruntime.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
         self._outputs = [output.name for output in graph.output]
 
     def patch_outputs(self, patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +62,9 @@ class YamNetEmbedder:
         waveforms = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
         waveforms = waveforms.reshape(waveforms.shape[0], -1)
         patches = log_mel_patches(waveforms, YAMNET_LOG_MEL).numpy()
-        return np.stack([
-            np.mean([self.patch_outputs(patch)[1] for patch in clip_patches], axis=0) for clip_patches in patches
-        ])
+        return np.stack(
+            [np.mean([self.patch_outputs(patch)[1] for patch in clip_patches], axis=0) for clip_patches in patches]
+        )
 
 
 def _read_onnx(path: Path):

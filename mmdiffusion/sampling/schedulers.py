@@ -64,20 +64,35 @@ def build_scheduler(config: SamplerConfig, diffusion: GaussianDiffusion) -> Any:
     }
     if config.name == "ddpm":
         variance = "learned_range" if diffusion.config.learn_sigma else diffusion.config.fixed_variance
-        scheduler = DDPMScheduler(**common, variance_type=variance, clip_sample=config.clip_denoised,
-                                  clip_sample_range=1.0, timestep_spacing="leading")  # fmt: skip
+        scheduler = DDPMScheduler(
+            **common,
+            variance_type=variance,
+            clip_sample=config.clip_denoised,
+            clip_sample_range=1.0,
+            timestep_spacing="leading",
+        )
     elif config.name == "ddim":
         # "leading" spacing with alpha_prev = 1 at the end is guided-diffusion's "ddimN" respacing.
-        scheduler = DDIMScheduler(**common, clip_sample=config.clip_denoised, clip_sample_range=1.0,
-                                  set_alpha_to_one=True, timestep_spacing="leading")  # fmt: skip
+        scheduler = DDIMScheduler(
+            **common,
+            clip_sample=config.clip_denoised,
+            clip_sample_range=1.0,
+            set_alpha_to_one=True,
+            timestep_spacing="leading",
+        )
     else:
         # Steps uniform in log-SNR: on exact Gaussian scores, 10 steps land within 4 % of the
         # data std, against 19 % with steps uniform in t (docs/sampling.md). Thresholding with
         # the quantile's range pinned to [1, 1] is a plain clip of x0 to [-1, 1].
         scheduler = DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True, use_lu_lambdas=True,
-            thresholding=config.clip_denoised, sample_max_value=1.0,
-        )  # fmt: skip
+            **common,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            lower_order_final=True,
+            use_lu_lambdas=True,
+            thresholding=config.clip_denoised,
+            sample_max_value=1.0,
+        )
     scheduler.set_timesteps(config.num_steps)
     return scheduler
 
@@ -105,8 +120,9 @@ class ModalitySampler:
         extra: dict[str, Any] = {"eta": self.config.eta} if self.config.name == "ddim" else {}
         if self.uses_learned_variance:
             # diffusers reads [eps, v] stacked on axis 1.
-            prev = self.scheduler.step(output.movedim(self.channel_dim, 1), t, x.movedim(self.channel_dim, 1),
-                                       generator=generator).prev_sample  # fmt: skip
+            prev = self.scheduler.step(
+                output.movedim(self.channel_dim, 1), t, x.movedim(self.channel_dim, 1), generator=generator
+            ).prev_sample
             return prev.movedim(1, self.channel_dim)
         eps, _ = self.diffusion.split_output(output, self.channel_dim)
         return self.scheduler.step(eps, t, x, generator=generator, **extra).prev_sample

@@ -19,9 +19,17 @@ def test_demo_runs_every_stage_and_promotes_its_model(
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     config = DemoConfig(
-        output=tmp_path / "demo", videos=3, steps=2, batch_size=1, workers=2, samples=1, sampler_steps=2,
-        eval_clips=2, model_name="demo-test", run_name="demo-test-run",
-    )  # fmt: skip
+        output=tmp_path / "demo",
+        videos=3,
+        steps=2,
+        batch_size=1,
+        workers=2,
+        samples=1,
+        sampler_steps=2,
+        eval_clips=2,
+        model_name="demo-test",
+        run_name="demo-test-run",
+    )
     outputs = run_demo(config)
 
     shards = sorted((tmp_path / "demo" / "data" / "shards").glob("shard-*.tar"))

@@ -71,7 +71,12 @@ def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-MICRO = {"channel_mult": (1, 1, 1), "video_attention_rates": (), "cross_attention_rates": (4,), "cross_attention_windows": (1,)}
+MICRO = {
+    "channel_mult": (1, 1, 1),
+    "video_attention_rates": (),
+    "cross_attention_rates": (4,),
+    "cross_attention_windows": (1,),
+}
 """The tiny coupled U-Net without video self-attention: a few seconds per clip on a busy CPU."""
 
 
@@ -108,8 +113,12 @@ def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShard
         with webdataset.TarWriter(str(root / "shards" / f"shard-{shard:06d}.tar")) as writer:
             for index in range(2):
                 key = f"clip-{shard}-{index}"
-                frames = np.linspace(0, 255, IMAGE_SIZE)[None, None, :, None] + 20 * np.arange(FRAMES)[:, None, None, None]
-                video = ((frames + rng.integers(0, 60, size=(FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))) % 256).astype(np.uint8)
+                frames = (
+                    np.linspace(0, 255, IMAGE_SIZE)[None, None, :, None] + 20 * np.arange(FRAMES)[:, None, None, None]
+                )
+                video = ((frames + rng.integers(0, 60, size=(FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))) % 256).astype(
+                    np.uint8
+                )
                 tone = np.sin(2 * np.pi * (200 + 300 * len(keys)) * np.arange(AUDIO_SAMPLES) / SAMPLE_RATE)
                 audio = (0.3 * 32767 * tone).astype(np.int16)[None]
                 writer.write({"__key__": key, "video.npy": video, "audio.npy": audio, "json": {"source": key}})

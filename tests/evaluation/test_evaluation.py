@@ -28,12 +28,16 @@ FAST = {"num_samples": 1, "loss_timesteps": (300,), "batch_size": 1}
 """One clip, one network call per held-out loss: the micro model takes seconds per clip on a busy CPU."""
 
 
-def test_reference_clips_come_in_shard_order_and_a_broken_sample_is_skipped_and_named(reference_shards: ReferenceShards) -> None:
+def test_reference_clips_come_in_shard_order_and_a_broken_sample_is_skipped_and_named(
+    reference_shards: ReferenceShards,
+) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=10)
     assert clips.keys == list(reference_shards.good_keys)
     assert clips.video.shape == (4, 16, 64, 64, 3) and clips.video.dtype == np.uint8
     assert clips.audio.shape == (4, 1, 25600) and np.abs(clips.audio).max() <= 1.0
-    assert len(clips.skipped) == 1 and reference_shards.broken_key in clips.skipped[0] and "video.npy" in clips.skipped[0]
+    assert (
+        len(clips.skipped) == 1 and reference_shards.broken_key in clips.skipped[0] and "video.npy" in clips.skipped[0]
+    )
     first_two = read_reference_clips(str(reference_shards.root / "shards"), limit=2)
     assert first_two.keys == list(reference_shards.good_keys[:2]) and first_two.digest != clips.digest
 
@@ -58,7 +62,9 @@ def test_held_out_loss_repeats_exactly_and_ranks_a_worse_model_lower(reference_s
     assert worse["val_loss"] > zero["val_loss"] + 0.1
 
 
-def test_distribution_metrics_vanish_for_the_reference_itself_and_fad_grows_for_other_audio(reference_shards: ReferenceShards) -> None:
+def test_distribution_metrics_vanish_for_the_reference_itself_and_fad_grows_for_other_audio(
+    reference_shards: ReferenceShards,
+) -> None:
     """The wiring of generated vs reference features; the distances' maths has its own tests."""
     clips = read_reference_clips(str(reference_shards.root), limit=2)
     config = EvaluationConfig(metrics=("fvd", "kvd", "fad"), num_samples=2)
@@ -71,7 +77,9 @@ def test_distribution_metrics_vanish_for_the_reference_itself_and_fad_grows_for_
 
 def test_evaluate_draws_samples_from_the_model_for_sample_metrics(reference_shards: ReferenceShards) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=2)
-    config = EvaluationConfig(metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2)
+    config = EvaluationConfig(
+        metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2
+    )
     result = evaluate(micro_model(seed=0), clips, config)
     assert set(result.metrics) == {"fad"}
     assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
@@ -90,11 +98,18 @@ def test_evaluation_settings_are_checked() -> None:
     assert EvaluationConfig(**FAST).settings_digest() != EvaluationConfig(noise_seed=1, **FAST).settings_digest()
 
 
-def test_evaluation_runs_link_to_the_models_run_for_every_uri_form(embedded_tracking_uri: str, model_name: str, tmp_path) -> None:
+def test_evaluation_runs_link_to_the_models_run_for_every_uri_form(
+    embedded_tracking_uri: str, model_name: str, tmp_path
+) -> None:
     with mlflow.start_run() as run:
         model_id_uri = log_model(micro_model(seed=0), registered_model_name=model_name)
     MlflowClient().set_registered_model_alias(model_name, "champion", "1")
-    for uri in (model_id_uri, f"runs:/{run.info.run_id}/model", f"models:/{model_name}/1", f"models:/{model_name}@champion"):
+    for uri in (
+        model_id_uri,
+        f"runs:/{run.info.run_id}/model",
+        f"models:/{model_name}/1",
+        f"models:/{model_name}@champion",
+    ):
         assert model_source_run(uri) == run.info.run_id, uri
     local = str(save_model(tmp_path / "model.safetensors", micro_model(seed=0)))
     assert model_source_run(local) is None
@@ -108,7 +123,9 @@ def test_evaluation_runs_link_to_the_models_run_for_every_uri_form(embedded_trac
     assert "mmdiff.model_run_id" not in unlinked.data.tags and unlinked.data.params["data_digest"] == "digest"
 
 
-def test_reference_clips_read_from_s3_are_the_local_ones(s3_server, reference_shards: ReferenceShards, monkeypatch) -> None:
+def test_reference_clips_read_from_s3_are_the_local_ones(
+    s3_server, reference_shards: ReferenceShards, monkeypatch
+) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     bucket = s3_server.make_bucket("evaluation-clips")

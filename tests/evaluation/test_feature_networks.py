@@ -76,7 +76,9 @@ def test_i3d_reads_a_pytorch_state_dict_like_i3d_pretrained_400(tmp_path: Path) 
     path = tmp_path / "i3d_pretrained_400.pt"
     torch.save(reference.state_dict(), path)
     loaded = load_i3d(path)
-    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
 
 
 def test_i3d_checkpoint_reader_refuses_pickled_code(tmp_path: Path) -> None:

@@ -7,7 +7,13 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from mmdiffusion.metrics import GaussianStatistics, PolynomialKernel, frechet_distance, frechet_distance_of_features, mmd2_unbiased
+from mmdiffusion.metrics import (
+    GaussianStatistics,
+    PolynomialKernel,
+    frechet_distance,
+    frechet_distance_of_features,
+    mmd2_unbiased,
+)
 
 
 def _random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -30,7 +36,9 @@ def test_frechet_distance_matches_scipy_sqrtm_on_full_covariances() -> None:
     sigma1, sigma2 = _random_covariance(rng, dim), _random_covariance(rng, dim)
     mean1, mean2 = rng.standard_normal(dim), rng.standard_normal(dim)
     reference = (
-        np.sum((mean1 - mean2) ** 2) + np.trace(sigma1) + np.trace(sigma2)
+        np.sum((mean1 - mean2) ** 2)
+        + np.trace(sigma1)
+        + np.trace(sigma2)
         - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
     )
     ours = frechet_distance(GaussianStatistics(mean1, sigma1), GaussianStatistics(mean2, sigma2))
@@ -96,9 +104,7 @@ def test_unbiased_mmd_equals_a_scipy_cdist_reference_for_the_kvd_kernel() -> Non
     x, y = rng.standard_normal((30, 8)), rng.standard_normal((25, 8)) + 0.3
     kvd_kernel = lambda u, v: (u @ v / 8 + 1.0) ** 3  # noqa: E731
     k_xx, k_yy, k_xy = cdist(x, x, kvd_kernel), cdist(y, y, kvd_kernel), cdist(x, y, kvd_kernel)
-    reference = (
-        (k_xx.sum() - np.trace(k_xx)) / (30 * 29) + (k_yy.sum() - np.trace(k_yy)) / (25 * 24) - 2 * k_xy.mean()
-    )
+    reference = (k_xx.sum() - np.trace(k_xx)) / (30 * 29) + (k_yy.sum() - np.trace(k_yy)) / (25 * 24) - 2 * k_xy.mean()
     assert mmd2_unbiased(x, y) == pytest.approx(reference, rel=1e-10)
 
 

@@ -26,7 +26,9 @@ def test_logged_model_loads_back_by_run_version_alias_and_model_id(tracking_uri:
         assert not loaded.training
 
 
-def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(embedded_tracking_uri: str, model_name: str) -> None:
+def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(
+    embedded_tracking_uri: str, model_name: str
+) -> None:
     model = micro_model(seed=1)
     with mlflow.start_run():
         log_model(model, registered_model_name=model_name)

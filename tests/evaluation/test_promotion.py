@@ -56,10 +56,14 @@ def test_promote_refuse_rollback_and_sample_by_alias(
     assert _alias(client, model_name, CHAMPION) == "1"
 
     _register(better, model_name)
-    assert promote_job.main(["--name", model_name, "--version", "2", "--metric", "val_loss", "--mode", "min", *data]) == 0
+    assert (
+        promote_job.main(["--name", model_name, "--version", "2", "--metric", "val_loss", "--mode", "min", *data]) == 0
+    )
     assert (_alias(client, model_name, CHAMPION), _alias(client, model_name, PREVIOUS)) == ("2", "1")
     tags = client.get_model_version(model_name, "2").tags
-    assert float(tags["mmdiff.eval.val_loss"]) < float(client.get_model_version(model_name, "1").tags["mmdiff.eval.val_loss"])
+    assert float(tags["mmdiff.eval.val_loss"]) < float(
+        client.get_model_version(model_name, "1").tags["mmdiff.eval.val_loss"]
+    )
     assert tags[DATA_DIGEST_TAG] and len(tags[COMMIT_TAG]) in (40, len("unknown"))
     assert tags[MANIFEST_TAG] == hashlib.sha256((reference_shards.root / "manifest.parquet").read_bytes()).hexdigest()
     assert "promoted" in tags["mmdiff.promotion.decision"]
@@ -74,10 +78,27 @@ def test_promote_refuse_rollback_and_sample_by_alias(
     assert _alias(client, model_name, CHAMPION) == "1"
     assert same_weights(load_model(f"models:/{model_name}@{CHAMPION}"), worse)
 
-    assert sample_job.main(["--model", f"models:/{model_name}@{CHAMPION}", "--output", str(tmp_path / "samples"), "--num", "1",
-                            "--sampler", "ddim", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        sample_job.main(
+            [
+                "--model",
+                f"models:/{model_name}@{CHAMPION}",
+                "--output",
+                str(tmp_path / "samples"),
+                "--num",
+                "1",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "samples").rglob("*.mp4"))
-
 
 
 def test_evaluate_prints_a_table_and_logs_a_run_linked_to_the_models_run(
@@ -89,13 +110,16 @@ def test_evaluate_prints_a_table_and_logs_a_run_linked_to_the_models_run(
     assert evaluate_job.main(["--model", uri, "--data", str(reference_shards.root), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "val_loss" in printed and uri in printed and "logged to MLflow run" in printed
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.`mmdiff.model_run_id` = '{source_run}'")
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", filter_string=f"tags.`mmdiff.model_run_id` = '{source_run}'"
+    )
     assert len(runs) == 1 and runs[0].data.tags["mmdiff.evaluated_model"] == uri
     assert runs[0].data.metrics["val_loss"] == pytest.approx(2.0, abs=0.1)  # a fresh model predicts zero noise
 
 
-def test_rollback_without_previous_and_unknown_versions_fail_clearly(tracking_uri: str, model_name: str, capsys) -> None:
+def test_rollback_without_previous_and_unknown_versions_fail_clearly(
+    tracking_uri: str, model_name: str, capsys
+) -> None:
     client = MlflowClient()
     _register(micro_model(seed=0), model_name)
     with pytest.raises(RegistryError, match="no 'previous' version"):

@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ import jsonschema
 import pytest
 import ray
 import ray.autoscaler
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -117,8 +117,17 @@ def test_every_manifest_is_a_named_object_in_the_namespace() -> None:
     objects = k8s_objects()
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ConfigMap", "RayCluster", "RayJob", "RayJob",
-         "PersistentVolumeClaim", "Deployment", "Service"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "RayCluster",
+            "RayJob",
+            "RayJob",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+        ]
     )
     for obj in objects:
         assert obj["apiVersion"] and obj["metadata"]["name"]
@@ -204,9 +213,7 @@ def test_train_rayjob_runs_a_valid_elastic_gpu_training_command() -> None:
     assert config.gpus and config.model == "paper"
     assert config.data.startswith("s3://") and config.output.startswith("s3://")
     low, high = config.workers
-    gpu_group = k8s_object("RayJob", "mmdiffusion-train")["spec"]["rayClusterSpec"][
-        "workerGroupSpecs"
-    ][0]
+    gpu_group = k8s_object("RayJob", "mmdiffusion-train")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     gpus_per_pod = int(containers(gpu_group)[0]["resources"]["limits"]["nvidia.com/gpu"])
     assert high == gpu_group["maxReplicas"] * gpus_per_pod, "max workers must fill the group"
     assert low <= high
@@ -317,9 +324,7 @@ def test_dockerfile_builds_on_rays_image_of_our_ray_and_python() -> None:
 
 def test_dockerfile_installs_the_project() -> None:
     text = DOCKERFILE.read_text()
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]["find"]["include"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in packages:
         package = pattern.rstrip("*")
         assert re.search(rf"^COPY .*\b{package} \./{package}$", text, re.MULTILINE), package

@@ -43,9 +43,7 @@ def stack(stack_dir: Path) -> Iterator[StackState]:
         down(stack_dir)
 
 
-def submit(
-    state: StackState, working_dir: Path | None, *entrypoint: str
-) -> subprocess.CompletedProcess:
+def submit(state: StackState, working_dir: Path | None, *entrypoint: str) -> subprocess.CompletedProcess:
     return ray_job_submit(state, entrypoint, working_dir, capture_output=True, timeout_s=120)
 
 
@@ -68,9 +66,7 @@ def test_stack_head_is_not_what_a_plain_ray_init_finds(stack: StackState) -> Non
     assert not latest.exists() or not latest.read_text().strip().endswith(f":{gcs_port}")
 
 
-def test_ray_job_submit_runs_on_the_head_with_store_and_mlflow(
-    stack: StackState, tmp_path: Path
-) -> None:
+def test_ray_job_submit_runs_on_the_head_with_store_and_mlflow(stack: StackState, tmp_path: Path) -> None:
     """One submitted job checks the three wirings: Ray cluster, S3 store, MLflow server."""
     (tmp_path / "probe_job.py").write_text(
         textwrap.dedent(

@@ -21,8 +21,15 @@ def randomised_block(channels: int, frames: int, window: int, seed: int = 0) -> 
 
 @pytest.mark.parametrize(
     ("frames", "window", "shift", "project_per_frame"),
-    [(16, 1, 0, False), (16, 1, 15, True), (16, 4, 7, False), (16, 4, 12, True), (8, 8, 0, False),
-     (6, 3, 3, True), (5, 2, 1, False)],
+    [
+        (16, 1, 0, False),
+        (16, 1, 15, True),
+        (16, 4, 7, False),
+        (16, 4, 12, True),
+        (8, 8, 0, False),
+        (6, 3, 3, True),
+        (5, 2, 1, False),
+    ],
 )
 def test_vectorised_rsmma_equals_loop_oracle(frames: int, window: int, shift: int, project_per_frame: bool) -> None:
     block = randomised_block(64, frames, window)

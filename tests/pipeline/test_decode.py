@@ -67,7 +67,10 @@ def test_load_clip_starts_where_asked(media_set: MediaSet, start: float) -> None
 
 
 def test_load_clip_accepts_audio_only_files_only_when_asked(tmp_path: Path) -> None:
-    for spec in (MediaSpec("voice", video=False, container="wav"), MediaSpec("song", video=False, container="m4a", layout="mono")):
+    for spec in (
+        MediaSpec("voice", video=False, container="wav"),
+        MediaSpec("song", video=False, container="m4a", layout="mono"),
+    ):
         path = str(write_media(tmp_path / spec.filename, spec))
         video, audio = load_clip(path, 1.5, require_video=False)
         assert video.shape == (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3) and not video.any()

@@ -47,7 +47,10 @@ def test_list_files_give_their_uris(tmp_path: Path, media_set: MediaSet, suffix:
 def test_relative_entries_of_a_list_file_are_taken_from_its_folder(tmp_path: Path) -> None:
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "inputs.txt").write_text("clips/a.mp4\ns3://bucket/b.mp4\n")
-    assert list_inputs(str(tmp_path / "lists" / "inputs.txt")) == [str(tmp_path / "lists" / "clips" / "a.mp4"), "s3://bucket/b.mp4"]
+    assert list_inputs(str(tmp_path / "lists" / "inputs.txt")) == [
+        str(tmp_path / "lists" / "clips" / "a.mp4"),
+        "s3://bucket/b.mp4",
+    ]
 
 
 def test_list_without_uri_column_and_missing_input_are_clear_errors(tmp_path: Path) -> None:
@@ -111,8 +114,14 @@ def test_shard_reads_back_with_plain_webdataset(tmp_path: Path, media_set: Media
     assert read[0]["json"]["start_seconds"] == 0.0
 
 
-def test_shard_task_records_bad_files_with_their_reason_and_keeps_good_clips(tmp_path: Path, media_set: MediaSet) -> None:
-    sources = [str(media_set.bad["no_audio"]), str(media_set.good["film_24fps_22k_mono"]), str(media_set.bad["unreadable"])]
+def test_shard_task_records_bad_files_with_their_reason_and_keeps_good_clips(
+    tmp_path: Path, media_set: MediaSet
+) -> None:
+    sources = [
+        str(media_set.bad["no_audio"]),
+        str(media_set.good["film_24fps_22k_mono"]),
+        str(media_set.bad["unreadable"]),
+    ]
     record = run_shard_task(ShardTask(number=7, sources=sources), str(tmp_path), ClipOptions())
     assert [error["reason"] for error in record.errors] == ["no_audio", "unreadable"]
     assert all(error["uri"] in error["message"] for error in record.errors)

@@ -59,7 +59,9 @@ def test_shards_hold_whole_samples_that_plain_webdataset_reads(local_run) -> Non
     assert len(samples) == stats.clips
     for sample in samples:
         assert {name for name in sample if not name.startswith("__")} == {"video.npy", "audio.npy", "json"}
-        assert sample["video.npy"].shape == (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3) and sample["video.npy"].dtype == np.uint8
+        assert (
+            sample["video.npy"].shape == (FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3) and sample["video.npy"].dtype == np.uint8
+        )
         assert sample["audio.npy"].shape == (1, AUDIO_SAMPLES) and sample["audio.npy"].dtype == np.int16
     manifest = pq.read_table(output / "manifest.parquet").to_pylist()
     assert sorted(row["key"] for row in manifest) == sorted(sample["__key__"] for sample in samples)
@@ -80,9 +82,12 @@ def test_rerun_writes_no_duplicate_clips_and_leaves_shards_untouched(local_run) 
     assert len(keys) == len(set(keys)) == again.clips_total
 
 
-def test_crash_before_recording_a_shard_is_redone_exactly_once(ray_runtime, media_set: MediaSet, tmp_path: Path) -> None:
-    config = PreprocessConfig(input=str(media_set.folder), output=str(tmp_path), workers=2, videos_per_shard=4,
-                              max_clips_per_video=1)
+def test_crash_before_recording_a_shard_is_redone_exactly_once(
+    ray_runtime, media_set: MediaSet, tmp_path: Path
+) -> None:
+    config = PreprocessConfig(
+        input=str(media_set.folder), output=str(tmp_path), workers=2, videos_per_shard=4, max_clips_per_video=1
+    )
     first = preprocess(config)
     shard = tmp_path / "shards" / "shard-000001.tar"
     committed = shard.read_bytes()
@@ -97,9 +102,24 @@ def test_crash_before_recording_a_shard_is_redone_exactly_once(ray_runtime, medi
 def test_cli_reads_a_list_file_and_stores_sr_frames(ray_runtime, media_set: MediaSet, tmp_path: Path) -> None:
     chosen = media_set.good["film_24fps_22k_mono"]
     (tmp_path / "inputs.csv").write_text(f"uri\n{chosen}\n")
-    code = preprocess_main(["--input", str(tmp_path / "inputs.csv"), "--output", str(tmp_path / "out"),
-                            "--sr-size", str(SR_IMAGE_SIZE), "--resize", "crop", "--stride", "0.8",
-                            "--max-clips-per-video", "3", "--workers", "1"])
+    code = preprocess_main(
+        [
+            "--input",
+            str(tmp_path / "inputs.csv"),
+            "--output",
+            str(tmp_path / "out"),
+            "--sr-size",
+            str(SR_IMAGE_SIZE),
+            "--resize",
+            "crop",
+            "--stride",
+            "0.8",
+            "--max-clips-per-video",
+            "3",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     samples = read_shards(tmp_path / "out")
     assert [sample["json"]["start_seconds"] for sample in samples] == pytest.approx([0.0, 0.8, 1.6])
@@ -119,7 +139,11 @@ def test_s3_input_and_output_through_a_real_object_store(
         monkeypatch.setenv(name, value)
     bucket = s3_server.make_bucket("preprocess-test")
     client = s3_server.client()
-    uploads = [media_set.good["ntsc_2997fps_44k_stereo"], media_set.good["late_audio_25fps_44k"], media_set.bad["no_audio"]]
+    uploads = [
+        media_set.good["ntsc_2997fps_44k_stereo"],
+        media_set.good["late_audio_25fps_44k"],
+        media_set.bad["no_audio"],
+    ]
     for path in uploads:
         client.upload_file(str(path), "preprocess-test", f"corpus/{path.name}")
     config = PreprocessConfig(input=f"{bucket}/corpus", output=f"{bucket}/shards-out", workers=2, videos_per_shard=2)
@@ -133,8 +157,12 @@ def test_s3_input_and_output_through_a_real_object_store(
     for key in shard_keys:
         client.download_file("preprocess-test", key, str(tmp_path / "shards" / key.rsplit("/", 1)[1]))
     samples = read_shards(tmp_path)
-    assert len(samples) == 4 and all(sample["json"]["source"].startswith("s3://preprocess-test/corpus/") for sample in samples)
-    errors = pq.read_table(io.BytesIO(client.get_object(Bucket="preprocess-test", Key="shards-out/errors.parquet")["Body"].read()))
+    assert len(samples) == 4 and all(
+        sample["json"]["source"].startswith("s3://preprocess-test/corpus/") for sample in samples
+    )
+    errors = pq.read_table(
+        io.BytesIO(client.get_object(Bucket="preprocess-test", Key="shards-out/errors.parquet")["Body"].read())
+    )
     assert errors.column("reason").to_pylist() == ["no_audio"]
     again = preprocess(config)
     assert (again.clips, again.inputs_skipped, again.clips_total) == (0, 3, 4)
@@ -161,14 +189,30 @@ def test_killed_job_joined_through_ray_address_resumes_without_duplicates(
     import ray
 
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "jobs.preprocess", "--input", str(media_set.folder), "--output", str(output),
-               "--workers", "1", "--videos-per-shard", "1"]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.preprocess",
+        "--input",
+        str(media_set.folder),
+        "--output",
+        str(output),
+        "--workers",
+        "1",
+        "--videos-per-shard",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = output / "_parts"
     deadline = time.monotonic() + 120
-    while not (parts.is_dir() and any(parts.glob("shard-*.json"))) and job.poll() is None and time.monotonic() < deadline:
+    while (
+        not (parts.is_dir() and any(parts.glob("shard-*.json"))) and job.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     job.kill()
     job.wait()
@@ -178,4 +222,9 @@ def test_killed_job_joined_through_ray_address_resumes_without_duplicates(
     stats = preprocess(PreprocessConfig(input=str(media_set.folder), output=str(output), workers=2, videos_per_shard=1))
     assert stats.inputs_skipped >= finished_before_kill  # a task of the killed run may still have finished
     keys = [sample["__key__"] for sample in read_shards(output)]
-    assert len(keys) == len(set(keys)) == stats.clips_total == CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR
+    assert (
+        len(keys)
+        == len(set(keys))
+        == stats.clips_total
+        == CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR
+    )

@@ -30,7 +30,9 @@ class AnalyticJointDenoiser:
         self.calls += 1
         alpha_bar = self.diffusion.tables["alphas_cumprod"][t.long().cpu()].to(video.dtype).to(video.device)
         if not self.rho:
-            return self._independent(video, self.mu_video, alpha_bar), self._independent(audio, self.mu_audio, alpha_bar)
+            return self._independent(video, self.mu_video, alpha_bar), self._independent(
+                audio, self.mu_audio, alpha_bar
+            )
         ab = alpha_bar.reshape(-1, *([1] * (video.ndim - 1)))
         dv = video - ab.sqrt() * self.mu_video
         da = audio.reshape(video.shape) - ab.sqrt() * self.mu_audio

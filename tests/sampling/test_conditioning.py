@@ -41,10 +41,14 @@ def test_replacement_feeds_the_forward_noised_condition_at_every_step(diffusion,
     condition = ZeroShotCondition(modality, value, "replacement", generator=torch.Generator().manual_seed(11))
     seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     video, audio = sample_joint(
-        correlated_model(diffusion), diffusion, sampler, SHAPES, condition=condition,
+        correlated_model(diffusion),
+        diffusion,
+        sampler,
+        SHAPES,
+        condition=condition,
         generator=torch.Generator().manual_seed(0),
         on_step=lambda index, t, inputs: seen.append((t, inputs[modality].clone(), inputs[other(modality)].clone())),
-    )  # fmt: skip
+    )
 
     replay = torch.Generator().manual_seed(11)
     assert len(seen) == sampler.num_steps
@@ -67,13 +71,20 @@ def reconstruction_run(diffusion, modality: str, guidance: float) -> tuple[float
 
     def on_step(index: int, t: int, inputs: dict[str, torch.Tensor]) -> None:
         t_batch = torch.full((BATCH,), t)
-        outputs = dict(zip(("video", "audio"), model(inputs["video"], inputs["audio"], t_batch)))
+        outputs = dict(zip(("video", "audio"), model(inputs["video"], inputs["audio"], t_batch), strict=True))
         x0 = diffusion.predict_x0_from_eps(inputs[modality], t_batch, outputs[modality])
         errors.append((x0 - value).pow(2).mean().item())
 
     condition = ZeroShotCondition(modality, value, "gradient", guidance, torch.Generator().manual_seed(3))
-    video, audio = sample_joint(model, diffusion, SamplerConfig("ddim", 50), SHAPES, condition=condition,
-                                generator=torch.Generator().manual_seed(0), on_step=on_step)  # fmt: skip
+    video, audio = sample_joint(
+        model,
+        diffusion,
+        SamplerConfig("ddim", 50),
+        SHAPES,
+        condition=condition,
+        generator=torch.Generator().manual_seed(0),
+        on_step=on_step,
+    )
     generated = {"video": video, "audio": audio}[other(modality)]
     target = MU[other(modality)] + RHO * (value - MU[modality]).reshape(generated.shape)
     return sum(errors) / len(errors), (generated - target).pow(2).mean().item()

@@ -16,9 +16,12 @@ from mmdiffusion.constants import FRAMES, IMAGE_SIZE
 from pipeline.decode import load_clip
 
 MICRO_UNET = CoupledUNetConfig.named(
-    "tiny", channel_mult=(1, 1, 1, 1), video_attention_rates=(8,), cross_attention_rates=(4, 8),
+    "tiny",
+    channel_mult=(1, 1, 1, 1),
+    video_attention_rates=(8,),
+    cross_attention_rates=(4, 8),
     cross_attention_windows=(1, 4),
-)  # fmt: skip
+)
 MICRO_SR = SuperResUNetConfig(  # a 2× upsampler keeps the test fast; the paper's is 4×
     image_size=2 * IMAGE_SIZE, model_channels=32, num_res_blocks=1, channel_mult=(1, 1, 1, 1), attention_rates=(8,)
 )
@@ -54,7 +57,7 @@ def encode_source(path: Path, with_video: bool, seconds: float = 2.0) -> Path:
             video.width, video.height, video.pix_fmt = 96, 80, "yuv420p"
             for index in range(int(seconds * fps)):
                 image = np.zeros((80, 96, 3), np.uint8)
-                image[:, (4 * index) % 96:(4 * index) % 96 + 12] = (250, 200, 40)
+                image[:, (4 * index) % 96 : (4 * index) % 96 + 12] = (250, 200, 40)
                 container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(video.encode(None))
         time = np.arange(int(seconds * rate)) / rate
@@ -77,9 +80,31 @@ def decoded(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
 def test_audio_to_video_with_gradient_guidance_writes_the_clip_and_previews(tmp_path, models):
     wav = encode_source(tmp_path / "condition.wav", with_video=False)
     output = tmp_path / "samples"
-    code = main(["--model", str(models["base"]), "--num", "1", "--sampler", "ddim", "--steps", "1", "--seed", "3",
-                 "--output", str(output), "--condition-audio", str(wav), "--method", "gradient", "--guidance", "0.5",
-                 "--device", "cpu", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "--model",
+            str(models["base"]),
+            "--num",
+            "1",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "1",
+            "--seed",
+            "3",
+            "--output",
+            str(output),
+            "--condition-audio",
+            str(wav),
+            "--method",
+            "gradient",
+            "--guidance",
+            "0.5",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in output.iterdir())
     assert names == ["sample_000.mp4", "sample_000_audio.png", "sample_000_frames.png"]
@@ -91,10 +116,20 @@ def test_audio_to_video_with_gradient_guidance_writes_the_clip_and_previews(tmp_
 
 def test_video_to_audio_with_super_resolution_writes_both_sizes(tmp_path, models):
     source = encode_source(tmp_path / "condition.mp4", with_video=True)
-    paths = run_sampling(SampleConfig(
-        model=str(models["base"]), output=tmp_path / "samples", num=1, sampler="dpm-solver++", steps=1,
-        condition_video=str(source), sr_model=str(models["sr"]), sr_steps=1, device="cpu", progress=False,
-    ))  # fmt: skip
+    paths = run_sampling(
+        SampleConfig(
+            model=str(models["base"]),
+            output=tmp_path / "samples",
+            num=1,
+            sampler="dpm-solver++",
+            steps=1,
+            condition_video=str(source),
+            sr_model=str(models["sr"]),
+            sr_steps=1,
+            device="cpu",
+            progress=False,
+        )
+    )
     names = [p.name for p in paths]
     assert names == ["sample_000.mp4", "sample_000_128.mp4", "sample_000_frames.png", "sample_000_audio.png"]
     base_frames, audio = decoded(paths[0])

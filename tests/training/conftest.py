@@ -23,7 +23,9 @@ def pipeline_shards(ray_runtime, tmp_path_factory: pytest.TempPathFactory) -> Pa
     for index in range(VIDEOS):
         write_media(corpus / f"video{index}.mp4", MediaSpec(f"video{index}", seconds=3.4, events=(0.5 + index, 2.4)))
     output = tmp_path_factory.mktemp("training-data") / "dataset"
-    stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=2, sr_size=SR_IMAGE_SIZE, videos_per_shard=1))
+    stats = preprocess(
+        PreprocessConfig(input=str(corpus), output=str(output), workers=2, sr_size=SR_IMAGE_SIZE, videos_per_shard=1)
+    )
     assert stats.clips == CLIPS_PER_VIDEO * VIDEOS and stats.shards == VIDEOS
     return output
 

@@ -21,9 +21,12 @@ def _npy(array: np.ndarray) -> bytes:
 def clip_arrays(index: int, frames: int, image_size: int, audio_length: int, sr_size: int | None = None) -> dict:
     """A smooth, clip-specific pattern (learnable, unlike white noise)."""
     phase = index * 0.7
-    y, x = np.mgrid[0:image_size, 0:image_size] / image_size
+    _, x = np.mgrid[0:image_size, 0:image_size] / image_size
     video = np.stack(
-        [np.stack([np.sin(2 * np.pi * (x + f / frames + c / 3) + phase) for c in range(3)], axis=-1) for f in range(frames)]
+        [
+            np.stack([np.sin(2 * np.pi * (x + f / frames + c / 3) + phase) for c in range(3)], axis=-1)
+            for f in range(frames)
+        ]
     )
     time = np.arange(audio_length) / audio_length
     arrays = {

@@ -23,7 +23,13 @@ def test_flags_override_the_yaml_file(tmp_path: Path) -> None:
         "model_overrides: {channel_mult: [1, 2, 2], dropout: 0.1}\nprecision: bf16\n"
     )
     config = parse(["--config", str(config_file), "--steps", "7", "--workers", "1:4", "--run-name", "r1", "--gpus"])
-    assert (config.data, config.output, config.model, config.steps, config.lr) == ("/data/clips", "s3://bucket/runs", "small", 7, 2e-4)
+    assert (config.data, config.output, config.model, config.steps, config.lr) == (
+        "/data/clips",
+        "s3://bucket/runs",
+        "small",
+        7,
+        2e-4,
+    )
     assert config.workers == (1, 4) and config.gpus and config.run_name == "r1" and config.precision == "bf16"
     assert config.model_config().channel_mult == (1, 2, 2) and config.model_config().dropout == 0.1
 

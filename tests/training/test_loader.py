@@ -31,7 +31,9 @@ def take(loader: ClipLoader, count: int) -> list[dict[str, torch.Tensor]]:
 def clip_index(video: torch.Tensor) -> int:
     """Which synthetic clip a decoded (possibly flipped) video is."""
     for index in range(12):
-        expected = torch.from_numpy(clip_arrays(index, FRAMES, SIZE, AUDIO)["video"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        expected = (
+            torch.from_numpy(clip_arrays(index, FRAMES, SIZE, AUDIO)["video"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        )
         if torch.allclose(video, expected, atol=1e-5) or torch.allclose(video, expected.flip(-1), atol=1e-5):
             return index
     raise AssertionError("not a clip of the shards")
@@ -53,7 +55,9 @@ def test_flip_mirrors_some_clips_horizontally_and_never_the_audio(shards: list[s
     flipped = 0
     for batch in batches:
         for video in batch["video"]:
-            original = torch.from_numpy(clip_arrays(clip_index(video), FRAMES, SIZE, AUDIO)["video"]).permute(0, 3, 1, 2)
+            original = torch.from_numpy(clip_arrays(clip_index(video), FRAMES, SIZE, AUDIO)["video"]).permute(
+                0, 3, 1, 2
+            )
             flipped += not torch.allclose(video, original.float() / 127.5 - 1, atol=1e-5)
     assert 0 < flipped < 12
 
@@ -95,7 +99,9 @@ def test_a_resumed_loader_continues_the_same_stream(shards: list[str]) -> None:
 
 
 def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(tmp_path: Path) -> None:
-    write_shards(tmp_path, clips=6, clips_per_shard=3, frames=FRAMES, image_size=SIZE, audio_length=AUDIO, corrupt_keys=(1, 4))
+    write_shards(
+        tmp_path, clips=6, clips_per_shard=3, frames=FRAMES, image_size=SIZE, audio_length=AUDIO, corrupt_keys=(1, 4)
+    )
     truncated = tmp_path / "shards" / "shard-000002.tar"
     good = (tmp_path / "shards" / "shard-000000.tar").read_bytes()
     truncated.write_bytes(good[: len(good) // 2 + 100])
