@@ -13,8 +13,10 @@ Candidates come from bit-sampling LSH, not from all pairs: each of `tables` tabl
 clip by `bits_per_key` fixed, randomly chosen bits of its video fingerprint; clips that share
 a key in any table are candidates, and only candidates are compared. A pair at distance d
 (of B = 144 bits) shares a table's key with probability (1 - d/B)^bits_per_key, so it is
-found with probability 1 - (1 - (1 - d/B)^bits_per_key)^tables: with the defaults 99.99 %
-at 12 bits, 99.3 % at 16, 72 % at 24; unrelated clips (about 72 bits apart) almost never meet.
+found with probability 1 - (1 - C(B - d, k) / C(B, k))^tables (k = bits_per_key; a key
+misses all d differing bits with probability C(B - d, k) / C(B, k)): with the defaults 99.998 %
+at 12 bits, 99.5 % at 16, 93 % at 20, 72 % at 24; unrelated clips (about 72 bits apart)
+meet in a table with probability 2^-20.
 A bucket larger than `max_bucket` (many clips with one key, e.g. the same title card) links
 each member to the bucket's first member and to its neighbour in order instead of to all,
 so the work stays linear in the bucket. Method and measurements: docs/curation.md.
@@ -53,7 +55,7 @@ class DedupConfig:
     max_audio_db: float = 5.0
     """Most mean level difference (dB) of the audio fingerprints of a near-duplicate."""
     bits_per_key: int = 20
-    tables: int = 48
+    tables: int = 64
     max_bucket: int = 256
     seed: int = 0
     """Chooses the sampled bits; fixed, so that a rerun gives the same groups."""
@@ -94,7 +96,10 @@ def _bucket_pairs(keys: np.ndarray, members: np.ndarray, max_bucket: int) -> tup
     """Pairs (i, j) of `members` that share a key: all pairs in a bucket of up to `max_bucket`,
     (first, each) and (each, next) in a larger one. Returns both index arrays and how many
     buckets were larger."""
-    order = np.argsort(keys, kind="stable")
+    # A stable order by key (a large bucket keeps its clips in manifest order), by sorting
+    # key << 32 | position: several times faster than a stable argsort.
+    positions = np.arange(len(keys), dtype=np.uint64)
+    order = (np.sort(keys.astype(np.uint64) << np.uint64(32) | positions) & np.uint64(0xFFFFFFFF)).astype(np.int64)
     sorted_keys, sorted_members = keys[order], members[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     sizes = np.diff(np.r_[starts, len(sorted_keys)])
@@ -122,19 +127,26 @@ def _bucket_pairs(keys: np.ndarray, members: np.ndarray, max_bucket: int) -> tup
 def _candidates(video: np.ndarray, present: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, int]:
     """Unique candidate pairs [P, 2] (i < j) of clips with a video fingerprint."""
     members = np.flatnonzero(present)
-    bits = np.unpackbits(video[members], axis=1)
+    bit_rows = np.ascontiguousarray(np.unpackbits(video[members], axis=1).T)  # [bits, clips]: rows gather fast
     rng = np.random.default_rng(config.seed)
-    weights = np.int64(1) << np.arange(config.bits_per_key, dtype=np.int64)
-    pairs, oversized = [], 0
+    codes, oversized = [], 0
+    count = np.int64(len(video))
     for _ in range(config.tables):
-        chosen = rng.choice(bits.shape[1], size=config.bits_per_key, replace=False)
-        keys = bits[:, chosen].astype(np.int64) @ weights
+        keys = np.zeros(len(members), dtype=np.uint32)
+        for position, bit in enumerate(rng.choice(len(bit_rows), size=config.bits_per_key, replace=False)):
+            keys |= bit_rows[bit].astype(np.uint32) << np.uint32(position)
         first, second, large = _bucket_pairs(keys, members, config.max_bucket)
         oversized += large
-        pairs.append(np.stack([np.minimum(first, second), np.maximum(first, second)], axis=1))
-    stacked = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    stacked = stacked[stacked[:, 0] != stacked[:, 1]]
-    return np.unique(stacked, axis=0), oversized
+        codes.append(np.minimum(first, second) * count + np.maximum(first, second))  # one integer per pair
+    unique = _distinct(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    unique = unique[unique // count != unique % count]
+    return np.stack([unique // count, unique % count], axis=1), oversized
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (by sorting: numpy's hash-based unique is slower on many ints)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]]
 
 
 VERIFY_CHUNK = 1 << 20
@@ -154,17 +166,21 @@ class _Clips:
 
 
 def _matches(clips: _Clips, pairs: np.ndarray, config: DedupConfig) -> np.ndarray:
-    """bool [P]: which candidate pairs are near-duplicates."""
+    """bool [P]: which candidate pairs are near-duplicates (the cheap video test first; the
+    audio and source tests only for the pairs that pass it)."""
     matched = np.zeros(len(pairs), dtype=bool)
     for begin in range(0, len(pairs), VERIFY_CHUNK):
-        first, second = pairs[begin : begin + VERIFY_CHUNK, 0], pairs[begin : begin + VERIFY_CHUNK, 1]
-        video_close = video_distance_bits(clips.video[first], clips.video[second]) <= config.max_video_bits
+        chunk = pairs[begin : begin + VERIFY_CHUNK]
+        close = np.flatnonzero(
+            video_distance_bits(clips.video[chunk[:, 0]], clips.video[chunk[:, 1]]) <= config.max_video_bits
+        )
+        first, second = chunk[close, 0], chunk[close, 1]
         audio_a, audio_b = clips.has_audio[first], clips.has_audio[second]
         audio_distance = audio_distance_db(clips.audio[first], clips.audio[second])
         audio_close = np.where(audio_a & audio_b, audio_distance <= config.max_audio_db, audio_a == audio_b)
         same_source = clips.source[first] == clips.source[second]
         overlapping = same_source & (np.abs(clips.start_seconds[first] - clips.start_seconds[second]) < CLIP_SECONDS)
-        matched[begin : begin + len(first)] = video_close & audio_close & ~overlapping
+        matched[begin + close] = audio_close & ~overlapping
     return matched
 
 

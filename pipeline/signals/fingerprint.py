@@ -82,21 +82,25 @@ def video_fingerprint(luma_frames: np.ndarray) -> bytes | None:
 
 
 @lru_cache(maxsize=4)
-def _band_means(bins: int) -> np.ndarray:
-    """[bins, bands]: averages the spectrum's bins of each band (power per Hz)."""
+def _band_starts(bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """First spectrum bin of each band (the bands are contiguous) and the bins per band."""
     frequencies = np.fft.rfftfreq(2 * (bins - 1), 1.0 / SAMPLE_RATE)
     band = np.digitize(frequencies, AUDIO_BAND_EDGES_HZ) - 1
-    one_hot = (band[:, None] == np.arange(len(AUDIO_BAND_EDGES_HZ) - 1)[None, :]).astype(np.float64)
-    return one_hot / one_hot.sum(axis=0, keepdims=True)
+    bands = np.arange(len(AUDIO_BAND_EDGES_HZ))  # one past the last band: where the sum stops
+    starts = np.searchsorted(band, bands)
+    return starts, np.diff(starts)
 
 
 def band_levels(spectrum: Spectrogram) -> np.ndarray:
-    """dB [FRAMES windows of 100 ms, bands]: mean power per Hz of each band in each window."""
+    """dB [FRAMES windows of 100 ms, bands]: mean power per Hz of each band in each window.
+    Sums over contiguous runs (reduceat), no matrix products: small products would start
+    BLAS threads, which cost more than the work here."""
+    starts, widths = _band_starts(spectrum.power.shape[1])
+    per_band = np.add.reduceat(spectrum.power[:, : starts[-1]], starts[:-1], axis=1) / widths
     window = np.clip(spectrum.frame_interval, 0, FRAMES - 1)
-    per_window = (window[None, :] == np.arange(FRAMES)[:, None]).astype(np.float64)
-    per_window /= np.maximum(per_window.sum(axis=1, keepdims=True), 1.0)
-    power = per_window @ spectrum.power @ _band_means(spectrum.power.shape[1])
-    return 10 * np.log10(np.maximum(power, 1e-30))
+    window_starts = np.searchsorted(window, np.arange(FRAMES))
+    per_window = np.add.reduceat(per_band, window_starts, axis=0) / np.diff(np.r_[window_starts, len(window)])[:, None]
+    return 10 * np.log10(np.maximum(per_window, 1e-30))
 
 
 def audio_fingerprint(spectrum: Spectrogram, silent: bool) -> bytes | None:
