@@ -26,7 +26,7 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 COMMON_FILTERS: dict[str, str] = {
     "audible": "audio_rms_db > -50",
     "mostly sound": "audio_silent_share <= 0.25",
-    "not clipped": "audio_clipped_share < 0.001",
+    "not clipped": "audio_clipped_share < 0.01",
     "moving": "motion_energy >= 0.5",
     "no black frames": "black_frame_share == 0",
     "not frozen": "frozen_frame_share < 0.5",

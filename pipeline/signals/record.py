@@ -63,7 +63,8 @@ class ClipSignals:
         pa.float32(),
         "share",
         "[0, 1]",
-        "share of samples at or beyond 99.9 % of full scale (hard clipping in the source)",
+        "share of samples at or beyond 0.9 of full scale (-0.9 dBFS), where the plateaus of "
+        "hard-clipped sound pile up after lossy coding and resampling",
         decimals=5,
     )
     motion_energy: float = _column(
@@ -93,15 +94,16 @@ class ClipSignals:
         pa.int16(),
         "count",
         "0..15",
-        "hard cuts between consecutive frames: a jump of the 64-bin colour histogram that does "
-        "not come back in the next frame (a one-frame flash is not a cut)",
+        "hard cuts between consecutive frames: the 512-bin colour histogram jumps and the picture "
+        "does not come back in the next frame (a one-frame flash is not a cut)",
     )
     letterbox_share: float = _column(
         pa.float32(),
         "share",
         "[0, 1)",
-        "share of the picture covered by black bars burnt into the source (letterbox or "
-        "pillarbox), not counting the padding `--resize pad` adds; 0 for an all-black clip",
+        "share of the picture covered by dark bars (mean luma below 24 in every frame) along its "
+        "edges: letterbox or pillarbox burnt into the source, not the padding `--resize pad` adds; "
+        "0 for an all-dark clip",
         decimals=4,
     )
     av_sync_lag_s: float | None = _column(
@@ -132,7 +134,7 @@ class ClipSignals:
     )
     audio_fingerprint: bytes | None = _column(
         pa.binary(AUDIO_FINGERPRINT_BYTES),
-        "bits",
+        "3 dB codes",
         f"{AUDIO_FINGERPRINT_BYTES} bytes; null",
         "band levels of the 16 windows of 100 ms in 8 bands, 4-bit codes of 3 dB (json: hex); null "
         "for a silent clip (RMS below -60 dBFS)",

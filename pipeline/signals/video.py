@@ -92,13 +92,18 @@ def colour_histograms(frames: np.ndarray) -> np.ndarray:
 
 
 def scene_cut_count(frames: np.ndarray) -> int:
-    """Hard cuts: frame i jumps away from frame i-1 and frame i+1 does not come back (a
-    one-frame flash or a passing object is not a cut)."""
+    """Hard cuts: the colour histogram jumps between frames t-1 and t and the picture does not
+    come back: frame t+1 is still far from frame t-1 and frame t already far from frame t-2.
+    So a one-frame flash (a jump in and a jump out) or a passing object is not a cut."""
     histograms = colour_histograms(frames)
-    jump = 0.5 * np.abs(np.diff(histograms, axis=0)).sum(axis=1) > CUT_DISTANCE  # [F-1]: i-1 -> i
-    stays = np.ones_like(jump)
-    stays[:-1] = 0.5 * np.abs(histograms[2:] - histograms[:-2]).sum(axis=1) > CUT_DISTANCE
-    return int(np.sum(jump & stays))
+
+    def far(step: int) -> np.ndarray:  # [F - step]: frame j vs frame j + step
+        return 0.5 * np.abs(histograms[step:] - histograms[:-step]).sum(axis=1) > CUT_DISTANCE
+
+    jump, skip = far(1), far(2)  # jump[t-1]: t-1 -> t; skip[j]: j -> j+2
+    stays_after = np.r_[skip, True]  # t-1 -> t+1 (no frame t+1 after the last transition)
+    new_since_before = np.r_[True, skip]  # t-2 -> t (no frame t-2 before the first)
+    return int(np.sum(jump & stays_after & new_since_before))
 
 
 def _bar_length(levels: np.ndarray) -> int:
