@@ -106,7 +106,7 @@ def test_a_one_frame_flash_is_no_cut_and_a_spliced_picture_is(curation_media: Cu
     assert compute_signals(spliced, reference.audio, box).scene_cuts == 1
 
 
-@pytest.mark.parametrize("size", [(96, 72), (72, 96), (95, 71), (200, 50), (64, 64), (33, 200)])
+@pytest.mark.parametrize("size", [(96, 72), (72, 96), (96, 71), (71, 96), (200, 50), (64, 64), (33, 200)])
 @pytest.mark.parametrize("resize", ["pad", "crop"])
 def test_picture_box_is_where_fit_square_puts_the_picture(size: tuple[int, int], resize: str) -> None:
     width, height = size
