@@ -12,10 +12,10 @@ key) order, so the result does not depend on the manifest's row order.
 Candidates come from bit-sampling LSH, not from all pairs: each of `tables` tables keys every
 clip by `bits_per_key` fixed, randomly chosen bits of its video fingerprint; clips that share
 a key in any table are candidates, and only candidates are compared. A pair at distance d
-(of B = 144 bits) shares a table's key with probability (1 - d/B)^bits_per_key, so it is
-found with probability 1 - (1 - C(B - d, k) / C(B, k))^tables (k = bits_per_key; a key
-misses all d differing bits with probability C(B - d, k) / C(B, k)): with the defaults 99.998 %
-at 12 bits, 99.5 % at 16, 93 % at 20, 72 % at 24; unrelated clips (about 72 bits apart)
+(of B = 144 bits) shares a table's key when none of the k = bits_per_key sampled bits is one
+of its d differing bits, with probability C(B - d, k) / C(B, k), so it is found with
+probability 1 - (1 - C(B - d, k) / C(B, k))^tables: with the defaults 99.998 % at 12 bits,
+99.5 % at 16, 93 % at 20, 72 % at 24; unrelated clips (about 72 random bits apart)
 meet in a table with probability 2^-20.
 A bucket larger than `max_bucket` (many clips with one key, e.g. the same title card) links
 each member to the bucket's first member and to its neighbour in order instead of to all,
