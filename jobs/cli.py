@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.preprocess",
         "decode a video corpus into WebDataset shards of 16-frame clips with audio (Ray Data)",
     ),
+    "curate": (
+        "jobs.curate",
+        "summarise the curation signals of a preprocessed corpus: table, histograms, what filters keep",
+    ),
     "train": ("jobs.train", "train the coupled audio-video U-Net with DDP on Ray Train"),
     "train-sr": ("jobs.train_sr", "train the 64->256 super-resolution U-Net on Ray Train"),
     "sample": ("jobs.sample", "generate audio-video clips (joint or zero-shot conditional) as mp4 and PNG"),
