@@ -31,9 +31,12 @@ from pipeline.storage import is_remote, resolve
 _TIME_EPSILON = 1e-6
 """Seconds of float error tolerated when comparing a frame's time with a grid time."""
 
-AUDIO_JUMP_SECONDS = 0.02
-"""Disagreement between an audio frame's timestamp and the samples counted so far beyond which
-the samples are placed anew by the timestamp (well under one 0.1 s output frame)."""
+AUDIO_JUMP_SECONDS = 0.0005
+"""How far an audio frame's timestamp may disagree with the samples counted since the anchor,
+beyond the resolution of the timestamps (one tick of the stream's time base: half a tick of
+rounding on the frame, half on the anchor), before the samples are placed anew by the
+timestamp: 0.5 ms for sample-exact time bases, 1.5 ms for millisecond ones (Matroska, WebM,
+FLV). A smaller gap or overlap is absorbed; a larger one shifts nothing after it."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ class AudioTrack:
     def _jumps(self, frame: av.AudioFrame, time: float) -> bool:
         if self._resampler is None or self._input_format != (frame.sample_rate, frame.layout.name, frame.format.name):
             return True
-        return abs(time - (self._anchor_time + self._input_seconds)) > AUDIO_JUMP_SECONDS
+        resolution = float(frame.time_base) if frame.time_base else 0.0
+        return abs(time - (self._anchor_time + self._input_seconds)) > AUDIO_JUMP_SECONDS + resolution
 
     def _flush(self) -> list[tuple[int, np.ndarray]]:
         return self._place(self._resampler.resample(None)) if self._resampler is not None else []

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 
 from pipeline.config import PreprocessConfig, PreprocessStats
+from pipeline.credentials import forwarded_settings
 from pipeline.decode import ClipOptions
 from pipeline.listing import list_inputs
 from pipeline.outputs import write_outputs
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def storage_environment() -> dict[str, str]:
-    """The driver's AWS_* settings, handed to workers that may run in processes started
-    before they were set (a Ray runtime already up, or a remote cluster)."""
-    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    """The driver's AWS_* settings but credentials (endpoint, region), handed to workers that
+    may run in processes started before they were set; workers take credentials from their own
+    environment or credentials files (pipeline/credentials.py)."""
+    return forwarded_settings(("AWS_",))
 
 
 def run_unit(row: dict, output_uri: str, options: ClipOptions, environment: dict[str, str]) -> dict:

@@ -31,6 +31,7 @@ from mmdiffusion.metrics import (
     mmd2_unbiased,
 )
 from mmdiffusion.sampling import SamplerConfig, clip_shapes, sample_joint
+from pipeline.credentials import redacted
 from pipeline.shards import SHARD_FOLDER, shard_number
 from pipeline.storage import join, read_bytes, resolve
 
@@ -402,20 +403,22 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
     if source_run is not None:
         tags["mmdiff.model_run_id"] = source_run
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name="evaluation", tags=tags, nested=mlflow.active_run() is not None
+        experiment_id=experiment_id, run_name="evaluation", tags=redacted(tags), nested=mlflow.active_run() is not None
     ) as run:
         mlflow.log_metrics(result.metrics)
         mlflow.log_params(
-            {
-                "data_uri": result.data_uri,
-                "data_digest": result.data_digest,
-                "data_manifest_sha256": result.manifest_sha256,
-                "settings_digest": result.settings_digest,
-                "num_clips": result.num_clips,
-                "metrics": ",".join(config.metrics),
-                "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
-                "noise_seed": config.noise_seed,
-            }
+            redacted(
+                {
+                    "data_uri": result.data_uri,
+                    "data_digest": result.data_digest,
+                    "data_manifest_sha256": result.manifest_sha256,
+                    "settings_digest": result.settings_digest,
+                    "num_clips": result.num_clips,
+                    "metrics": ",".join(config.metrics),
+                    "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
+                    "noise_seed": config.noise_seed,
+                }
+            )
         )
         if result.skipped:
             mlflow.log_dict({"skipped": result.skipped}, "evaluation/skipped.json")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.credentials import forwarded_settings
 from pipeline.storage import is_remote, join, resolve, write_atomically
 from training.config import TrainConfig
 from training.loop import loop_config, train_loop
@@ -29,9 +30,11 @@ log = logging.getLogger(__name__)
 
 LOSS_CURVE_FILE = "loss_curve.png"
 FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_", "MMDIFF_")
-"""Settings the workers need to reach object storage and the tracking server (credentials
-included), and this project's own (`MMDIFF_*`), forwarded from the driver: workers may run in
-processes started before they were set, or on other nodes."""
+"""Settings the workers need to reach object storage and the tracking server, and this
+project's own (`MMDIFF_*`), forwarded from the driver: workers may run in processes started
+before they were set, or on other nodes. Credentials are not forwarded (Ray keeps a runtime
+env where its dashboard and logs show it): workers take them from their own environment or
+credentials files (pipeline/credentials.py)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +112,7 @@ def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, 
 
     if not ray.is_initialized():
         ray.init()  # a local Ray, or the cluster at RAY_ADDRESS
-    environment = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENVIRONMENT_PREFIXES)}
+    environment = forwarded_settings(FORWARDED_ENVIRONMENT_PREFIXES)
     storage_path, filesystem = _storage(config.output)
     trainer = TorchTrainer(
         train_loop,
@@ -134,8 +137,9 @@ def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, 
 
 def _storage(output: str) -> tuple[str, Any]:
     """Ray's `storage_path` and `storage_filesystem` for `output`. An S3 filesystem is built with
-    the driver's AWS settings spelled out, because Ray pickles it into its controller and
-    workers, which may not see the driver's environment."""
+    the driver's endpoint and region spelled out, because Ray pickles it into its controller
+    and workers, which may not see the driver's environment; without keys, so that none is
+    pickled: each process that unpickles it takes credentials from AWS's default chain."""
     if not is_remote(output):
         return str(Path(output).expanduser().resolve()), None
     if not output.startswith("s3://"):
@@ -145,9 +149,6 @@ def _storage(output: str) -> tuple[str, Any]:
 
     env = os.environ.get
     filesystem = pafs.S3FileSystem(
-        access_key=env("AWS_ACCESS_KEY_ID"),
-        secret_key=env("AWS_SECRET_ACCESS_KEY"),
-        session_token=env("AWS_SESSION_TOKEN"),
         endpoint_override=env("AWS_ENDPOINT_URL"),
         region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.credentials import redact, redacted
 from training.config import TrainConfig
 from training.shards import manifest_info
 
@@ -31,7 +32,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 
 def run_key(config: TrainConfig) -> str:
-    return f"{config.output.rstrip('/')}/{config.run_name}"
+    return redact(f"{config.output.rstrip('/')}/{config.run_name}")
 
 
 def git_commit() -> str:
@@ -48,7 +49,8 @@ def git_commit() -> str:
 
 
 def run_params(config: TrainConfig, shard_count: int) -> dict[str, str]:
-    """Everything that defines the run: the whole config, the resolved model config, the data."""
+    """Everything that defines the run: the whole config, the resolved model config, the data;
+    redacted (no URI user information, no value of a secret variable of the environment)."""
     manifest = manifest_info(config.data)
     params = dict(_flatten(config.to_dict()))
     params.update(_flatten(config.model_config().to_dict(), "model_config."))
@@ -61,7 +63,7 @@ def run_params(config: TrainConfig, shard_count: int) -> dict[str, str]:
             "git_commit": git_commit(),
         }
     )
-    return params
+    return redacted(params)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:

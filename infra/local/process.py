@@ -67,9 +67,11 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` detached in a new session, stdout and stderr appended to `log_path`."""
+    """Start `command` detached in a new session, stdout and stderr appended to `log_path`,
+    a file only its owner can read (servers may log addresses, tokens or keys)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        os.fchmod(log.fileno(), 0o600)  # also a log left by an earlier start
         return subprocess.Popen(
             list(command),
             stdout=log,

@@ -1,5 +1,14 @@
 """A Ray head node on loopback whose dashboard accepts `ray job submit`.
 
+Every listener of the head (GCS, raylet, object manager, client server, agents, dashboard)
+and of its workers binds 127.0.0.1. Ray binds its servers to the node's IP, but `ray start`
+on Linux turns a loopback `--node-ip-address` into the machine's routable address (Ray's
+cluster mode); `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` selects the single-machine mode Ray uses
+on macOS and Windows, in which the node IP, and so every bind address, stays 127.0.0.1.
+Workers and job drivers inherit that setting from the head; a driver started elsewhere on
+this machine needs it too (it is in `client_env`), or it would look for a raylet at the
+machine's address.
+
 The head runs as `ray start --head --block` under our own process, so stopping that process
 tree stops exactly this head (`ray stop` would stop every Ray runtime of the machine). Every
 port is given explicitly and the head gets its own `--temp-dir`, so it neither collides with
@@ -21,6 +30,9 @@ from infra.local.process import LOOPBACK, ServerLaunch, free_ports, launch_serve
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets about 60 bytes below the
 # temp dir (session_<timestamp>_<pid>/sockets/plasma_store).
 MAX_TEMP_DIR_CHARS = 45
+
+LOOPBACK_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Keeps a node's IP, and with it every Ray bind address, on loopback (see the module doc)."""
 
 
 def new_auth_token() -> str:
@@ -87,6 +99,7 @@ class RayHeadConfig:
             "RAY_ADDRESS": self.dashboard_url,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.auth_token,
+            **LOOPBACK_NODE_ENV,
         }
 
     @property
@@ -111,6 +124,7 @@ def ray_head_command(config: RayHeadConfig) -> list[str]:
         "--head",
         "--block",
         "--disable-usage-stats",
+        f"--node-ip-address={config.host}",
         f"--port={ports.gcs}",
         f"--num-cpus={config.num_cpus}",
         f"--num-gpus={config.num_gpus}",

@@ -3,6 +3,9 @@
 `weed mini` runs master, volume, filer, S3 and admin servers in one process. Every listener
 gets an explicit port, all bound to 127.0.0.1, telemetry and WebDAV off. The S3 identity is
 the one in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the server's environment.
+
+Its log goes to stderr only (`-logtostderr`), that is into the launcher's log file, which
+only its owner can read; by default SeaweedFS also writes world-readable log files into /tmp.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def seaweed_command(config: SeaweedConfig) -> list[str]:
     ports = config.ports
     return [
         str(weed_binary()),
+        "-logtostderr",
         "mini",
         f"-dir={config.data_dir}",
         f"-ip={config.host}",

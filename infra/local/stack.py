@@ -35,7 +35,7 @@ from infra.local.process import (
     started_at,
     stop_trees,
 )
-from infra.local.ray_head import RayHeadConfig, RayHeadPorts, launch_ray_head
+from infra.local.ray_head import LOOPBACK_NODE_ENV, RayHeadConfig, RayHeadPorts, launch_ray_head
 from infra.local.seaweed import (
     S3_REGION,
     SeaweedConfig,
@@ -116,6 +116,7 @@ class StackState:
             "RAY_ADDRESS": self.ray_dashboard_url,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.ray_auth_token,
+            **LOOPBACK_NODE_ENV,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
             "AWS_ENDPOINT_URL": self.s3_endpoint_url,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url,

@@ -7,18 +7,25 @@ the session `ray_runtime` (which it must neither join nor stop).
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 
 from infra.local.process import http_ok, pid_alive
 from infra.local.stack import MLFLOW_BUCKET, StackConfig, StackState, down, load_stack, status, up
-from infra.local.submit import ray_job_submit
+from infra.local.submit import RAY_CLI, ray_job_submit
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +123,90 @@ def test_job_api_refuses_a_wrong_token(stack: StackState) -> None:
     url = f"{stack.ray_dashboard_url}/api/jobs/"
     assert not http_ok(url, {"Authorization": "Bearer not-the-token"})
     assert http_ok(url, {"Authorization": f"Bearer {stack.ray_auth_token}"})
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    process: str
+    ip: str
+    port: int
+
+
+def stack_listeners(state: StackState) -> list[Listener]:
+    """Every listening TCP socket and bound, unconnected UDP socket of the stack's processes
+    and their descendants (Ray's agents, workers and job drivers included)."""
+    found = []
+    for service in state.services:
+        root = psutil.Process(service.pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                name, connections = process.name(), process.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            found += [
+                Listener(process.pid, name, c.laddr.ip, c.laddr.port)
+                for c in connections
+                if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
+            ]
+    return found
+
+
+def test_no_process_of_the_stack_listens_beyond_loopback(stack: StackState, tmp_path: Path) -> None:
+    """Read while a job's task runs, so that a job driver and a Ray worker listen too."""
+    started, release = tmp_path / "task-started", tmp_path / "release"
+    code = (
+        "import pathlib, time, ray\n"
+        "ray.init()\n"
+        "@ray.remote\n"
+        "def hold():\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.1)\n"
+        "ray.get(hold.remote())\n"
+    )
+    job = subprocess.Popen(
+        [RAY_CLI, "job", "submit", "--", sys.executable, "-c", code],
+        env={**os.environ, **stack.client_env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not started.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), "the job's task did not start"
+        listeners = stack_listeners(stack)
+    finally:
+        release.touch()
+        output, _ = job.communicate(timeout=60)
+    assert job.returncode == 0, output
+    exposed = [listener for listener in listeners if not is_loopback(listener.ip)]
+    assert not exposed, exposed
+    ports = {listener.port for listener in listeners}
+    addresses = [stack.ray_gcs_address, stack.ray_dashboard_url, stack.mlflow_tracking_uri, stack.s3_endpoint_url]
+    assert {int(address.rstrip("/").rsplit(":", 1)[1]) for address in addresses} <= ports
+    names = {listener.process for listener in listeners}
+    assert {"gcs_server", "raylet"} <= names and any(name.startswith("ray::hold") for name in names), names
+
+
+def test_seaweedfs_logs_only_into_the_state_folder(stack: StackState, stack_dir: Path) -> None:
+    """SeaweedFS writes `weed.<host>.<user>.log.<level>.<time>.<pid>` files into /tmp unless
+    told otherwise; the stack's goes only into its log under the state folder, owner-only."""
+    seaweed = next(service for service in stack.services if service.name == "seaweedfs")
+    temp_dirs = {Path(tempfile.gettempdir()), Path("/tmp")}
+    assert not [path for folder in temp_dirs for path in folder.glob(f"weed.*.{seaweed.pid}")]
+    log = Path(seaweed.log_path)
+    assert log.parent == stack_dir.resolve() / "logs"
+    assert "Start Seaweed Master" in log.read_text()
+    for service in stack.services:
+        assert Path(service.log_path).stat().st_mode & 0o077 == 0, service.log_path
 
 
 def test_down_stops_everything_and_is_idempotent(stack: StackState, stack_dir: Path) -> None:

@@ -101,6 +101,18 @@ def test_checkpoints_live_on_the_s3_server(ddp_run: DdpRun) -> None:
     assert ddp_run.result.checkpoint == f"s3://{BUCKET}/{final.rstrip('/')}"
 
 
+def test_no_credential_reaches_what_ray_records(ddp_run: DdpRun) -> None:
+    """Ray logs every worker runtime env (runtime_env_agent.log, readable by all): the
+    settings the workers were handed are there, the store's secret key is not (the workers
+    had it from the environment their Ray runtime started with)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    recorded = "\n".join(path.read_text(errors="replace") for path in logs.rglob("*") if path.is_file())
+    assert ddp_run.s3.endpoint_url in recorded
+    assert ddp_run.s3.secret_access_key not in recorded
+
+
 def test_killed_worker_comes_back_from_the_checkpoint(ddp_run: DdpRun) -> None:
     assert ddp_run.marker.exists()
     resumed = metric_steps(ddp_run.server, ddp_run.result.mlflow_run_id, "resumed_from_step")

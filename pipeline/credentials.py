@@ -1,0 +1,64 @@
+"""Which environment variables are credentials, and keeping credentials out of what is
+recorded (MLflow params and tags) and of what Ray ships and stores (runtime envs, task
+arguments, pickled filesystems).
+
+Every process takes its credentials from its own environment or the standard files and roles:
+AWS's default chain (variables, ~/.aws, the node's instance role or the pod's service-account
+role), MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN. On a cluster that is the node or pod
+definition; on the local stack, the environment the Ray head starts with. What a driver hands
+its workers says *where* (endpoints, regions, tracking URI, this project's MMDIFF_* switches),
+never *who*.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVATE_KEY")
+"""A variable whose name holds one of these is a secret: never forwarded, its value never recorded."""
+
+IDENTITY_NAME_PARTS = ("ACCESS_KEY", "KEY_ID", "USERNAME", "PROFILE", "CREDENTIAL", "CERT")
+"""A variable whose name holds one of these says who a process is or where its credentials
+are: never forwarded (it would override the worker's own), though its value is not secret."""
+
+REDACTED = "***"
+
+MIN_SECRET_CHARS = 8
+"""Secret values shorter than this are not searched for in recorded text (they would match
+ordinary words); URIs lose their user information whatever its length."""
+
+_URI_USER_INFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
+
+
+def is_secret(name: str) -> bool:
+    return any(part in name.upper() for part in SECRET_NAME_PARTS)
+
+
+def is_credential(name: str) -> bool:
+    """A secret, or a variable that selects an identity (key id, user, profile, credentials file)."""
+    return is_secret(name) or any(part in name.upper() for part in IDENTITY_NAME_PARTS)
+
+
+def forwarded_settings(prefixes: tuple[str, ...], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables with these prefixes that a driver may hand its workers: all but credentials."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if name.startswith(prefixes) and not is_credential(name)}
+
+
+def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """`text` with the user information of every URI in it (`s3://KEY:SECRET@bucket`,
+    `https://user:password@host`) and the value of every secret variable of the environment
+    replaced by REDACTED."""
+    environ = os.environ if environ is None else environ
+    text = _URI_USER_INFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    for name, value in environ.items():
+        if is_secret(name) and len(value) >= MIN_SECRET_CHARS:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def redacted(values: Mapping[str, object]) -> dict[str, str]:
+    """`values` as MLflow params or tags: each value as text, redacted."""
+    return {name: redact(str(value)) for name, value in values.items()}
