@@ -117,7 +117,9 @@ class ModalitySampler:
         self, output: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """x at the next (less noisy) timestep from the model output at `t`."""
-        extra: dict[str, Any] = {"eta": self.config.eta} if self.config.name == "ddim" else {}
+        extra: dict[str, Any] = (
+            {"eta": self.config.eta, "use_clipped_model_output": True} if self.config.name == "ddim" else {}
+        )
         if self.uses_learned_variance:
             # diffusers reads [eps, v] stacked on axis 1.
             prev = self.scheduler.step(
