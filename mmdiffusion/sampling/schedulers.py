@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from mmdiffusion.diffusion import GaussianDiffusion
@@ -81,20 +82,40 @@ def build_scheduler(config: SamplerConfig, diffusion: GaussianDiffusion) -> Any:
             timestep_spacing="leading",
         )
     else:
-        # Steps uniform in log-SNR: on exact Gaussian scores, 10 steps land within 4 % of the
-        # data std, against 19 % with steps uniform in t (docs/sampling.md). Thresholding with
-        # the quantile's range pinned to [1, 1] is a plain clip of x0 to [-1, 1].
+        # Thresholding with the quantile's range pinned to [1, 1] is a plain clip of x0 to [-1, 1].
         scheduler = DPMSolverMultistepScheduler(
             **common,
             algorithm_type="dpmsolver++",
             solver_order=2,
             lower_order_final=True,
-            use_lu_lambdas=True,
             thresholding=config.clip_denoised,
             sample_max_value=1.0,
         )
+        # Given as timesteps, the noise levels of the update are the schedule's at exactly the
+        # timesteps the network sees (diffusers' own `use_lu_lambdas` steps with the unrounded ones).
+        scheduler.set_timesteps(timesteps=log_snr_timesteps(diffusion, config.num_steps))
+        return scheduler
     scheduler.set_timesteps(config.num_steps)
     return scheduler
+
+
+def log_snr_timesteps(diffusion: GaussianDiffusion, steps: int) -> list[int]:
+    """`steps` distinct timesteps from the last to 0, as evenly spaced in log-SNR as whole
+    timesteps allow (the spacing of the DPM-Solver paper).
+
+    On exact Gaussian scores, 10 DPM-Solver++ steps spaced so land within 4 % of the data std,
+    against 19 % with steps uniform in t (docs/sampling.md). Near t = 0 one timestep spans more
+    log-SNR than a step does: there the rounded timesteps would repeat, so each is pushed up to
+    one above the next (and, for step counts close to the diffusion's, capped below the previous).
+    """
+    alphas_cumprod = diffusion.tables["alphas_cumprod"].numpy()
+    last = len(alphas_cumprod) - 1
+    log_snr = np.log(alphas_cumprod / (1 - alphas_cumprod))  # decreasing in t
+    targets = np.linspace(log_snr[last], log_snr[0], steps)
+    rounded = np.rint(np.interp(targets, log_snr[::-1], np.arange(last, -1, -1))).astype(np.int64)
+    index = np.arange(steps)
+    distinct = np.maximum.accumulate((rounded + index)[::-1])[::-1] - index
+    return np.minimum(distinct, last - index).tolist()
 
 
 class ModalitySampler:
