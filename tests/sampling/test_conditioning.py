@@ -99,6 +99,29 @@ def test_gradient_guidance_lowers_the_condition_reconstruction_error(diffusion, 
     assert guided_distance < 0.6 * unguided_distance
 
 
+@pytest.mark.parametrize("modality", ["audio", "video"])
+@pytest.mark.parametrize(
+    "sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name
+)
+def test_gradient_method_without_guidance_samples_what_replacement_samples(diffusion, modality, sampler):
+    """The guided ε goes to x0 and back; with λ = 0 every sampler (DDIM clipping that x0 and
+    re-deriving ε from it, DPM-Solver++ stepping on x0) must see the same prediction as without."""
+    value = clean_condition(modality)
+    samples = {}
+    for method in ("replacement", "gradient"):
+        condition = ZeroShotCondition(modality, value, method, generator=torch.Generator().manual_seed(11))
+        samples[method] = sample_joint(
+            correlated_model(diffusion),
+            diffusion,
+            sampler,
+            SHAPES,
+            condition=condition,
+            generator=torch.Generator().manual_seed(0),
+        )
+    for replaced, guided in zip(samples["replacement"], samples["gradient"], strict=True):
+        torch.testing.assert_close(guided, replaced, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from scipy.stats import ks_2samp
@@ -107,6 +109,9 @@ def test_clipping_keeps_samples_in_the_data_range(diffusion):
 
 def test_samplers_share_the_diffusion_timesteps(diffusion):
     assert ModalitySampler(SamplerConfig("ddpm"), diffusion, 1).timesteps == list(range(999, -1, -1))
+    # the released respacing of a plain count: both ends kept, strides of 999 / 49 = 20.4 rounded
+    ddpm = ModalitySampler(SamplerConfig("ddpm", 50), diffusion, 1).timesteps
+    assert ddpm[0] == 999 and ddpm[-1] == 0 and {a - b for a, b in itertools.pairwise(ddpm)} == {20, 21}
     # guided-diffusion's "ddim25" respacing: every 40th step from 960 down to 0
     assert ModalitySampler(SamplerConfig("ddim", 25), diffusion, 1).timesteps == list(range(960, -1, -40))
     dpm = ModalitySampler(SamplerConfig("dpm-solver++", 20), diffusion, 1).timesteps
