@@ -61,8 +61,10 @@ class EMA:
         from diffusers.training_utils import EMAModel
 
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # EMAModel would average in clones of the parameters; it averages in the copy's own ones
+        # instead (the same objects follow the copy across `.to(device)`): one set of weights.
         self._average = EMAModel(
-            self.model.parameters(),
+            [],
             decay=schedule.rate,
             min_decay=float(schedule.min_decay),
             update_after_step=schedule.update_after_step,
@@ -71,8 +73,6 @@ class EMA:
             power=schedule.power,
             foreach=True,
         )
-        # Average in the copy's own parameters (the same objects follow it across `.to(device)`)
-        # instead of in EMAModel's separate clones: one set of weights, always current.
         self._average.shadow_params = list(self.model.parameters())
 
     @property
