@@ -13,14 +13,15 @@
   data prediction clipped to [-1, 1], the first step first order, and a last first-order step to
   σ = 0 (which returns the last data prediction).
 
-Each loop takes the timesteps the sampler under test chose, the start noise, and the per-step
-noise as `noise(index, shape)`, so the same draws can be injected into both.
+Each loop takes a `Run`: the timesteps the sampler under test chose, the start noise, and the
+per-step noise as `noise(index, shape)`, so the same draws can be injected into both.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -67,22 +68,39 @@ def _clipped_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, cli
     return x0.clamp(-1, 1) if clip else x0
 
 
-def released_ddpm(
-    network: Network,
-    diffusion: GaussianDiffusion,
-    timesteps: Sequence[int],
-    x: torch.Tensor,
-    noise: StepNoise,
-    variance: str,
-    clip: bool = True,
-) -> torch.Tensor:
-    tables = _respaced_tables(diffusion, timesteps)
-    x = x.double()
-    for index, t in enumerate(timesteps):
-        i = len(timesteps) - 1 - index  # position in the respaced process
-        output = network(x.float(), t).double()
+@dataclass(frozen=True)
+class Run:
+    """What a loop samples: the network, the process, the timesteps the sampler under test chose,
+    the start noise, the per-step noise `noise(index, shape)` and whether x0 is clipped."""
+
+    network: Network
+    diffusion: GaussianDiffusion
+    timesteps: Sequence[int]
+    start: torch.Tensor
+    noise: StepNoise | None = None
+    clip: bool = True
+
+    def step_noise(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        assert self.noise is not None, "this loop draws noise: give the run its per-step noise"
+        return self.noise(index, tuple(like.shape)).double()
+
+
+RespacedUpdate = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int, int], torch.Tensor]
+"""`update(x, output, tables, i, index)`: x at the next timestep; `i` indexes the respaced tables."""
+
+
+def _respaced_loop(run: Run, update: RespacedUpdate) -> torch.Tensor:
+    tables = _respaced_tables(run.diffusion, run.timesteps)
+    x = run.start.double()
+    for index, t in enumerate(run.timesteps):
+        x = update(x, run.network(x.float(), t).double(), tables, len(run.timesteps) - 1 - index, index)
+    return x
+
+
+def released_ddpm(run: Run, variance: str) -> torch.Tensor:
+    def update(x: torch.Tensor, output: torch.Tensor, tables: dict, i: int, index: int) -> torch.Tensor:
         eps, v = output.chunk(2, dim=1) if variance == "learned_range" else (output, None)
-        x0 = _clipped_x0(x, eps, tables["alphas_cumprod"][i], clip)
+        x0 = _clipped_x0(x, eps, tables["alphas_cumprod"][i], run.clip)
         mean = tables["coef_x0"][i] * x0 + tables["coef_xt"][i] * x
         if variance == "learned_range":
             fraction = (v + 1) / 2
@@ -93,43 +111,31 @@ def released_ddpm(
             log_variance = tables["posterior_log_variance_clipped"][i]
         else:
             log_variance = tables["log_variance_fixed_large"][i]
-        x = mean if i == 0 else mean + torch.exp(0.5 * log_variance) * noise(index, tuple(x.shape)).double()
-    return x
+        return mean if i == 0 else mean + torch.exp(0.5 * log_variance) * run.step_noise(index, x)
+
+    return _respaced_loop(run, update)
 
 
-def released_ddim(
-    network: Network,
-    diffusion: GaussianDiffusion,
-    timesteps: Sequence[int],
-    x: torch.Tensor,
-    noise: StepNoise,
-    eta: float,
-    clip: bool = True,
-) -> torch.Tensor:
-    tables = _respaced_tables(diffusion, timesteps)
-    x = x.double()
-    for index, t in enumerate(timesteps):
-        i = len(timesteps) - 1 - index
+def released_ddim(run: Run, eta: float) -> torch.Tensor:
+    def update(x: torch.Tensor, output: torch.Tensor, tables: dict, i: int, index: int) -> torch.Tensor:
         alpha_bar, alpha_bar_prev = tables["alphas_cumprod"][i], tables["alphas_cumprod_prev"][i]
-        eps = network(x.float(), t).double()[:, : x.shape[1]]
-        x0 = _clipped_x0(x, eps, alpha_bar, clip)
+        x0 = _clipped_x0(x, output[:, : x.shape[1]], alpha_bar, run.clip)
         eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)).sqrt() * (1 - alpha_bar / alpha_bar_prev).sqrt()
         x = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps
-        if i > 0:
-            x = x + sigma * noise(index, tuple(x.shape)).double()
-    return x
+        return x + sigma * run.step_noise(index, x) if i > 0 else x
+
+    return _respaced_loop(run, update)
 
 
-def dpm_solver_pp_2m(
-    network: Network, diffusion: GaussianDiffusion, timesteps: Sequence[int], x: torch.Tensor, clip: bool = True
-) -> torch.Tensor:
-    alphas_cumprod = diffusion.tables["alphas_cumprod"].double()
-    x = x.double()
+def dpm_solver_pp_2m(run: Run) -> torch.Tensor:
+    alphas_cumprod = run.diffusion.tables["alphas_cumprod"].double()
+    timesteps = run.timesteps
+    x = run.start.double()
     previous: tuple[torch.Tensor, torch.Tensor] | None = None  # (data prediction, h) of the last step
     for index, t in enumerate(timesteps):
         alpha, sigma = alphas_cumprod[t].sqrt(), (1 - alphas_cumprod[t]).sqrt()
-        x0 = _clipped_x0(x, network(x.float(), t).double()[:, : x.shape[1]], alphas_cumprod[t], clip)
+        x0 = _clipped_x0(x, run.network(x.float(), t).double()[:, : x.shape[1]], alphas_cumprod[t], run.clip)
         if index == len(timesteps) - 1:
             return x0  # first order to σ = 0: x = α·x0 with α = 1
         s = timesteps[index + 1]

@@ -62,7 +62,7 @@ def test_ddpm_follows_the_released_p_sample_formula(variance, steps):
     sampled, timesteps = run_sampler(ModalitySampler(SamplerConfig("ddpm", steps), diffusion, channel_dim), network, x)
 
     assert len(timesteps) == steps and timesteps[-1] == 0
-    expected = oracles.released_ddpm(network, diffusion, timesteps, x, step_noise, variance)
+    expected = oracles.released_ddpm(oracles.Run(network, diffusion, timesteps, x, step_noise), variance)
     assert relative_error(sampled.double(), expected) < (DDPM_1000_TOLERANCE if steps == 1000 else ORACLE_TOLERANCE)
 
 
@@ -75,7 +75,7 @@ def test_ddim_with_noise_follows_the_released_ddim_formula(eta, learn_sigma):
 
     sampled, timesteps = run_sampler(ModalitySampler(SamplerConfig("ddim", 25, eta=eta), diffusion, 1), network, x)
 
-    expected = oracles.released_ddim(network, diffusion, timesteps, x, step_noise, eta)
+    expected = oracles.released_ddim(oracles.Run(network, diffusion, timesteps, x, step_noise), eta)
     assert relative_error(sampled.double(), expected) < ORACLE_TOLERANCE
 
 
@@ -90,7 +90,7 @@ def test_dpm_solver_pp_is_the_multistep_second_order_update_of_the_paper(steps, 
         ModalitySampler(SamplerConfig("dpm-solver++", steps, clip_denoised=clip), diffusion, 2), network, x
     )
 
-    expected = oracles.dpm_solver_pp_2m(network, diffusion, timesteps, x, clip)
+    expected = oracles.dpm_solver_pp_2m(oracles.Run(network, diffusion, timesteps, x, clip=clip))
     assert relative_error(sampled.double(), expected) < ORACLE_TOLERANCE
 
 
