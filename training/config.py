@@ -51,7 +51,7 @@ class TrainConfig:
     ema_rate: float = EMASchedule.rate
     """The EMA's decay once warmed up (docs/training.md)."""
     ema_warmup: bool = EMASchedule.warmup
-    """Grow the decay as 1 − (1 + n / ema_inv_gamma) ** −ema_power with the update count n."""
+    """Grow the decay as 1 − (1 + k / ema_inv_gamma) ** −ema_power, k the updates after the first."""
     ema_inv_gamma: float = EMASchedule.inv_gamma
     ema_power: float = EMASchedule.power
     ema_update_after_step: int = EMASchedule.update_after_step

@@ -36,7 +36,7 @@ class EMASchedule:
     update_after_step: int = 0
     """Updates that only copy the weights before averaging starts."""
     min_decay: float = 0.0
-    """The least the decay is once averaging has started; `rate` here: a constant rate."""
+    """The least the decay is once averaging has started; equal to `rate`: a constant rate."""
 
     def problems(self, prefix: str = "ema_") -> list[str]:
         """What is wrong with these settings, each named as the config field `prefix + name`."""
