@@ -142,8 +142,6 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
             str(config.batch_size),
             "--lr",
             "5e-4",
-            "--ema-rate",
-            "0.9",
             "--log-every",
             "10",
             "--checkpoint-every",

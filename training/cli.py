@@ -22,7 +22,7 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
     "--lr": ("lr", float, "AdamW learning rate (default 1e-4)"),
     "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)"),
-    "--ema-rate": ("ema_rate", float, "EMA decay per step (default 0.9999)"),
+    "--ema-rate": ("ema_rate", float, "EMA decay once warmed up (default 0.9999)"),
     "--log-every": ("log_every", int, "steps between logged metrics"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints"),
     "--max-failures": ("max_failures", int, "worker-group restarts from the last checkpoint before giving up"),

@@ -17,6 +17,7 @@ import yaml
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
+from training.ema import EMASchedule
 
 Task = Literal["coupled", "sr"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -47,7 +48,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     precision: Precision = "fp32"
-    ema_rate: float = 0.9999
+    ema_rate: float = EMASchedule.rate
+    """The EMA's decay once warmed up (docs/training.md)."""
+    ema_warmup: bool = EMASchedule.warmup
+    """Grow the decay as 1 − (1 + k / ema_inv_gamma) ** −ema_power, k the updates after the first."""
+    ema_inv_gamma: float = EMASchedule.inv_gamma
+    ema_power: float = EMASchedule.power
+    ema_update_after_step: int = EMASchedule.update_after_step
+    ema_min_decay: float = EMASchedule.min_decay
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -88,8 +96,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema_rate < 1.0:
-            problems.append(f"ema_rate must lie in [0, 1), got {self.ema_rate}")
+        problems.extend(self.ema_schedule().problems())
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
         low, high = self.worker_range
@@ -110,6 +117,16 @@ class TrainConfig:
     def model_config(self) -> CoupledUNetConfig | SuperResUNetConfig:
         config_class = CoupledUNetConfig if self.task == "coupled" else SuperResUNetConfig
         return config_class.named(self.model, **_tuples(self.model_overrides))
+
+    def ema_schedule(self) -> EMASchedule:
+        return EMASchedule(
+            rate=self.ema_rate,
+            warmup=self.ema_warmup,
+            inv_gamma=self.ema_inv_gamma,
+            power=self.ema_power,
+            update_after_step=self.ema_update_after_step,
+            min_decay=self.ema_min_decay,
+        )
 
     def diffusion_config(self) -> DiffusionConfig:
         # The SR model predicts its variance too and trains on the hybrid loss.

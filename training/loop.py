@@ -115,7 +115,7 @@ def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint:
     model = task.build_model()
     if checkpoint is None and config.init_from:
         initialise_from(model, config.init_from)
-    ema = EMA(model, config.ema_rate)
+    ema = EMA(model, config.ema_schedule())
     prepared = session.prepare(model)
     ema.model.to(session.device)
     # The optimizer is built after the move to the device, so its state loads onto it.
@@ -142,7 +142,7 @@ def _run_steps(
 ) -> LoopOutcome:
     batches = iter(loader)
     interval = IntervalMetrics(task.loss_names, session.device)
-    step, nonfinite, consecutive = state.step, state.nonfinite_steps, 0
+    step, nonfinite, consecutive, skipped = state.step, state.nonfinite_steps, 0, state.skipped_steps
     metrics: dict[str, float] = {"step": float(step)}
     drill = CrashDrill.from_environment()
     trainee.prepared.train()
@@ -162,10 +162,13 @@ def _run_steps(
                 return LoopOutcome(step, True, metrics)
             continue
         consecutive = 0
+        if not math.isfinite(grad_norm):  # fp16: the grad scaler found an overflow and lowered its scale
+            skipped += 1
+            log.info("step %d: fp16 gradient overflow, update skipped (%d so far)", step + 1, skipped)
+            continue
         step += 1
         trainee.ema.update(trainee.model)
-        if math.isfinite(grad_norm):
-            interval.add_grad_norm(grad_norm)
+        interval.add_grad_norm(grad_norm)
         last = step == config.steps
         logging_now, checkpointing_now = (
             step % config.log_every == 0 or last,
@@ -179,12 +182,22 @@ def _run_steps(
                 "step": float(step),
                 "lr": trainee.optimizer.param_groups[0]["lr"],
                 "nonfinite_steps": float(nonfinite),
+                "skipped_steps": float(skipped),
+                "ema_decay": trainee.ema.decay,
                 "corrupt_samples": float(corrupt),
                 "epoch": float(loader.position.epoch),
             }
             logger.log(metrics, step=step)
         if checkpointing_now:
-            run_state = RunState(step, state.mlflow_run_id, session.world_size, nonfinite, corrupt)
+            run_state = RunState(
+                step,
+                state.mlflow_run_id,
+                session.world_size,
+                nonfinite,
+                corrupt,
+                skipped_steps=skipped,
+                ema_updates=trainee.ema.updates,
+            )
             with tempfile.TemporaryDirectory(prefix="mmdiff-ckpt-") as staging:
                 write_checkpoint(
                     Path(staging),
@@ -211,7 +224,11 @@ def _train_step(
     interval: IntervalMetrics,
 ) -> float | None:
     """One optimizer step over `grad_accum` micro-batches; the gradient norm, or None when the
-    step was skipped because a loss or the gradient was not finite on some worker."""
+    step was skipped because a loss or the gradient was not finite on some worker. With fp16 an
+    overflowed gradient is the grad scaler's to handle: the update is skipped, the scale lowered,
+    and the (non-finite) norm returned. The norm is read on the host every step anyway, so
+    telling a skip costs no extra device sync (unlike comparing `scaler.get_scale()` around
+    `update()`); DDP's all-reduced gradients make every worker tell the same."""
     model, optimizer, scaler = trainee.prepared, trainee.optimizer, trainee.scaler
     optimizer.zero_grad(set_to_none=True)
     autocast = torch.autocast(
@@ -234,10 +251,13 @@ def _train_step(
     scaler.unscale_(optimizer)
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    if not math.isfinite(grad_norm) and not scaler.is_enabled():
+    if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        return None
-    scaler.step(optimizer)  # with fp16, skips the update itself when gradients overflowed
+        if not scaler.is_enabled():
+            return None
+        scaler.update()  # `unscale_` saw the overflow: the scale backs off
+        return grad_norm
+    scaler.step(optimizer)
     scaler.update()
     return grad_norm
 

@@ -40,6 +40,10 @@ class RunState:
     """Steps skipped so far because of a NaN or infinite loss or gradient."""
     corrupt_samples: int = 0
     """Samples skipped as corrupt so far, over all workers and attempts."""
+    skipped_steps: int = 0
+    """fp16 steps whose update the grad scaler skipped (gradient overflow); not counted in `step`."""
+    ema_updates: int | None = None
+    """Where the EMA's decay schedule stands; None (checkpoints from before it was kept): `step`."""
 
 
 def position_file(rank: int) -> str:
@@ -78,6 +82,8 @@ def restore_weights(
 ) -> None:
     load_checked_state_dict(model, load_file(str(folder / MODEL_FILE)), source=str(folder / MODEL_FILE))
     load_checked_state_dict(ema.model, load_file(str(folder / EMA_FILE)), source=str(folder / EMA_FILE))
+    state = read_state(folder)
+    ema.updates = state.step if state.ema_updates is None else state.ema_updates
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     scaler.load_state_dict(torch.load(folder / SCALER_FILE, map_location="cpu", weights_only=True))
 

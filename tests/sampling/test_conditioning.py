@@ -32,21 +32,36 @@ def other(modality: str) -> str:
     return "audio" if modality == "video" else "video"
 
 
-@pytest.mark.parametrize("modality", ["audio", "video"])
-@pytest.mark.parametrize(
-    "sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name
-)
-def test_replacement_feeds_the_forward_noised_condition_at_every_step(diffusion, modality, sampler):
-    value = clean_condition(modality)
-    condition = ZeroShotCondition(modality, value, "replacement", generator=torch.Generator().manual_seed(11))
-    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    video, audio = sample_joint(
+def conditioned_samples(
+    diffusion, modality: str, sampler: SamplerConfig, method: str, on_step=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of the correlated model with the clean condition of `modality`, fixed noise."""
+    condition = ZeroShotCondition(
+        modality, clean_condition(modality), method, generator=torch.Generator().manual_seed(11)
+    )
+    return sample_joint(
         correlated_model(diffusion),
         diffusion,
         sampler,
         SHAPES,
         condition=condition,
         generator=torch.Generator().manual_seed(0),
+        on_step=on_step,
+    )
+
+
+@pytest.mark.parametrize("modality", ["audio", "video"])
+@pytest.mark.parametrize(
+    "sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name
+)
+def test_replacement_feeds_the_forward_noised_condition_at_every_step(diffusion, modality, sampler):
+    value = clean_condition(modality)
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    video, audio = conditioned_samples(
+        diffusion,
+        modality,
+        sampler,
+        "replacement",
         on_step=lambda index, t, inputs: seen.append((t, inputs[modality].clone(), inputs[other(modality)].clone())),
     )
 
@@ -97,6 +112,19 @@ def test_gradient_guidance_lowers_the_condition_reconstruction_error(diffusion, 
     assert guided_error < unguided_error
     # and the generated modality moves towards what the condition implies, by a wide margin
     assert guided_distance < 0.6 * unguided_distance
+
+
+@pytest.mark.parametrize("modality", ["audio", "video"])
+@pytest.mark.parametrize(
+    "sampler", [SamplerConfig("ddim", 20), SamplerConfig("dpm-solver++", 15)], ids=lambda s: s.name
+)
+def test_gradient_method_without_guidance_samples_what_replacement_samples(diffusion, modality, sampler):
+    """The guided ε goes to x0 and back; with λ = 0 every sampler (DDIM clipping that x0 and
+    re-deriving ε from it, DPM-Solver++ stepping on x0) must see the same prediction as without."""
+    replaced_samples = conditioned_samples(diffusion, modality, sampler, "replacement")
+    guided_samples = conditioned_samples(diffusion, modality, sampler, "gradient")
+    for replaced, guided in zip(replaced_samples, guided_samples, strict=True):
+        torch.testing.assert_close(guided, replaced, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
