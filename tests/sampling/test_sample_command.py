@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.sample import SampleConfig, load_network, main, run_sampling
+from jobs.sample import SampleConfig, main, run_sampling
 from mmdiffusion import CoupledUNet, CoupledUNetConfig, SuperResUNet, SuperResUNetConfig, save_model
 from mmdiffusion.constants import FRAMES, IMAGE_SIZE
 from pipeline.decode import load_clip
+from training.resolver import resolve_model
 
 MICRO_UNET = CoupledUNetConfig.named(
     "tiny",
@@ -145,10 +146,12 @@ def test_released_checkpoint_loads_with_a_named_config(tmp_path):
     model = random_weights(CoupledUNet(CoupledUNetConfig.named("tiny")), 2)
     path = tmp_path / "released.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    loaded = load_network(str(path), "coupled_unet", "tiny", torch.device("cpu"))
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    loaded = resolve_model(str(path), "coupled_unet", released_config="tiny")
+    assert all(torch.equal(loaded.network.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert loaded.bundle.provenance.released_from == str(path)
+    assert loaded.bundle.provenance.diffusion_origin == "default" and loaded.bundle.diffusion.schedule == "linear"
     with pytest.raises(ValueError, match="does not fit CoupledUNet"):
-        load_network(str(path), "coupled_unet", "small", torch.device("cpu"))
+        resolve_model(str(path), "coupled_unet", released_config="small")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +182,7 @@ def test_unreadable_condition_file_is_named(tmp_path, models, capsys):
 
 def test_wrong_or_missing_models_are_named(tmp_path, models, capsys):
     assert main(["--model", str(models["sr"]), "--output", str(tmp_path)]) == 2
-    assert "is a SuperResUNet, expected a CoupledUNet" in capsys.readouterr().err
+    assert "is an SR U-Net, expected a coupled U-Net" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "missing.safetensors"), "--output", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.s3_server import S3Server
 from training.config import TrainConfig
 from training.faults import CRASH_DRILL_VARIABLE, CrashDrill
-from training.model_store import load_model
+from training.resolver import resolve_model
 from training.run import TrainResult, train
 
 BUCKET = "training-test"
@@ -72,8 +72,10 @@ def metric_steps(server: MlflowServer, run_id: str, name: str) -> list[tuple[int
 def test_two_worker_run_on_pipeline_shards_registers_the_ema_model(ddp_run: DdpRun) -> None:
     assert ddp_run.result.step == CRASH_STEP
     assert ddp_run.result.registered_version == "1"
-    model = load_model(f"models:/{MODEL_NAME}/1")
-    assert model.config == CoupledUNetConfig.named("tiny")
+    model = resolve_model(f"models:/{MODEL_NAME}/1", "coupled_unet")
+    assert model.bundle.network == CoupledUNetConfig.named("tiny")
+    assert (model.bundle.provenance.run_id, model.bundle.provenance.step) == (ddp_run.result.mlflow_run_id, CRASH_STEP)
+    assert model.bundle.provenance.weights == "ema" and model.bundle.provenance.data_manifest_sha256 != "missing"
     run = MlflowClient(ddp_run.server.tracking_uri).get_run(ddp_run.result.mlflow_run_id)
     assert run.data.params["workers"] == "2" and run.data.params["data.manifest_sha256"] != "missing"
     assert len(run.data.params["git_commit"]) == 40
