@@ -24,7 +24,7 @@ from mmdiffusion import (
     CoupledUNet,
     CoupledUNetConfig,
     DiffusionConfig,
-    MMDiffusionPipeline,
+    GaussianDiffusion,
     ModelBundle,
     Provenance,
     SuperResUNet,
@@ -32,9 +32,9 @@ from mmdiffusion import (
     load_bundled,
     save_model,
 )
+from mmdiffusion.bundle import default_diffusion
 from mmdiffusion.checkpoint import load_released
-from mmdiffusion.pipeline import SampleBatch
-from mmdiffusion.sampling import SamplerConfig
+from mmdiffusion.sampling import SamplerConfig, clip_shapes, sample_joint
 from tests.evaluation.conftest import MICRO, ReferenceShards, same_weights
 from training.config import TrainConfig
 from training.evaluation import EvaluationConfig, held_out_loss, read_reference_clips
@@ -70,8 +70,8 @@ class TrainedModel:
     """What the EMA weights' bundle must be, built from the training config."""
     uris: dict[str, str]
     sampler: SamplerConfig
-    samples: SampleBatch
-    """What the library pipeline draws from the checkpoint with `SEED`."""
+    samples: tuple[torch.Tensor, torch.Tensor]
+    """(video, audio) drawn from the checkpoint's network with `SEED` and the trained diffusion."""
     sample_files: Path
     loss: dict[str, float]
     """`held_out_loss` of the checkpoint on the first reference clip."""
@@ -81,8 +81,22 @@ class TrainedModel:
         return ["--sampler", self.sampler.name, "--steps", str(self.sampler.steps)]
 
 
-def _draw(model: BundledModel, sampler: SamplerConfig) -> SampleBatch:
-    return MMDiffusionPipeline(model, sampler=sampler)(1, seed=SEED)
+def _draw(
+    network: CoupledUNet, diffusion: DiffusionConfig, sampler: SamplerConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample with `SEED`, drawn as the pipeline documents it (noise from a generator seeded
+    with the seed, RS-MMA shifts from one seeded with seed + 2), with `diffusion` built here."""
+    network.shift_generator = torch.Generator().manual_seed(SEED + 2)
+    try:
+        return sample_joint(
+            network,
+            GaussianDiffusion(diffusion),
+            sampler,
+            clip_shapes(network.config, 1),
+            generator=torch.Generator().manual_seed(SEED),
+        )
+    finally:
+        network.shift_generator = None
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +153,11 @@ def trained(
                 DiffusionConfig(**{"learn_sigma": False, **diffusion}),
                 Provenance(result.mlflow_run_id, manifest, step=STEPS, weights="ema"),
             )
-            model = load_bundled(uris["file"])
-            samples = _draw(model, sampler)
+            network = load_bundled(uris["file"]).network
+            samples = _draw(network, bundle.diffusion, sampler)
             files = root / f"{name}-samples"
-            write_sample(files, 0, samples.video[0], samples.audio[0], None)
-            loss = held_out_loss(model, clips, FAST_CONFIG)
+            write_sample(files, 0, samples[0][0], samples[1][0], None)
+            loss = held_out_loss(BundledModel(network, bundle), clips, FAST_CONFIG)
             models[name] = TrainedModel(config, result, bundle, uris, sampler, samples, files, loss)
     finally:
         torch.set_num_threads(threads)
@@ -175,18 +189,14 @@ def test_the_default_diffusion_would_draw_other_samples_and_measure_another_loss
     """What a silent fallback to the default diffusion would do, so that the next test catches it."""
     clips = read_reference_clips(str(reference_shards.root), limit=1)
     for model in trained.values():
-        trained_model = load_bundled(model.uris["file"])
-        fallback = BundledModel.of(trained_model.network)
-        assert fallback.bundle.diffusion != model.bundle.diffusion
-        assert trained_model.diffusion.tables["betas"].shape != fallback.diffusion.tables["betas"].shape or (
-            not torch.allclose(trained_model.diffusion.tables["betas"], fallback.diffusion.tables["betas"])
-        )
-        assert trained_model.diffusion.config == model.bundle.diffusion
-        drawn = _draw(fallback, model.sampler)
+        network = load_bundled(model.uris["file"]).network
+        fallback = default_diffusion(network.config)
+        assert fallback != model.bundle.diffusion
+        video, audio = _draw(network, fallback, model.sampler)
         # Far above a uint8 frame step (1/127.5) and an int16 audio step.
-        assert (drawn.video - model.samples.video).abs().max() > 0.05
-        assert (drawn.audio - model.samples.audio).abs().max() > 0.05
-        assert abs(held_out_loss(fallback, clips, FAST_CONFIG)["val_loss"] - model.loss["val_loss"]) > 1e-3
+        assert (video - model.samples[0]).abs().max() > 0.05 and (audio - model.samples[1]).abs().max() > 0.05
+        loss = held_out_loss(BundledModel.of(network, fallback), clips, FAST_CONFIG)["val_loss"]
+        assert abs(loss - model.loss["val_loss"]) > 1e-3
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -202,6 +212,10 @@ def test_every_model_form_samples_and_evaluates_with_the_trained_diffusion(
 ) -> None:
     model = trained[run]
     uri = model.uris[form]
+    resolved = resolve_model(uri, "coupled_unet")
+    assert resolved.bundle == model.bundle
+    expected_tables = GaussianDiffusion(model.bundle.diffusion).tables
+    assert all(torch.equal(resolved.diffusion.tables[name], table) for name, table in expected_tables.items())
     output = tmp_path / "samples"
     assert sample_job.main(["--model", uri, *model.sampler_args, *SAMPLE, "--output", str(output)]) == 0
     names = sorted(path.name for path in output.iterdir())

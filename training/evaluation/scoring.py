@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mmdiffusion.bundle import BundledModel, ModelBundle
+from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.media import video_from_uint8, video_to_uint8
 from mmdiffusion.metrics import (
     ExtractorConfig,
@@ -125,18 +126,24 @@ def held_out_loss(model: BundledModel, clips: ReferenceClips, config: Evaluation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.noise_seed)
         for start in range(0, len(work), config.batch_size):
-            _add_batch_loss(model, work[start : start + config.batch_size], clips, totals)
+            _add_batch_loss(model.network, diffusion, work[start : start + config.batch_size], clips, totals)
     return {f"val_{name}": total / len(work) for name, total in totals.items()}
 
 
-def _add_batch_loss(model: BundledModel, batch: list[_Work], clips: ReferenceClips, totals: dict[str, float]) -> None:
-    device = model.device
+def _add_batch_loss(
+    network: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    batch: list[_Work],
+    clips: ReferenceClips,
+    totals: dict[str, float],
+) -> None:
+    device = next(network.parameters()).device
     indices = [index for index, *_ in batch]
     video = torch.stack([video_from_uint8(clips.video[index]) for index in indices]).to(device)
     audio = torch.from_numpy(clips.audio[indices]).to(device)
     t = torch.tensor([step for _, step, *_ in batch], device=device)
     noise = (torch.stack([item[2] for item in batch]).to(device), torch.stack([item[3] for item in batch]).to(device))
-    losses = model.diffusion.joint_loss(model.network, video, audio, t, noise=noise)
+    losses = diffusion.joint_loss(network, video, audio, t, noise=noise)
     for name in totals:
         totals[name] += float(losses[name].sum())
 
