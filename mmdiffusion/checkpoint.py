@@ -9,11 +9,13 @@ library's own model resolver; `training.resolver` adds folders and MLflow URIs o
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
@@ -51,8 +53,11 @@ def save_model(path: str | Path, model: nn.Module, bundle: ModelBundle | None = 
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
 
 
 def read_bundle(path: str | Path, source: str | None = None) -> ModelBundle:
@@ -173,10 +178,13 @@ def load_reference_checkpoint(path_or_state_dict: str | Path | Mapping[str, torc
         source = str(path_or_state_dict)
         if not Path(source).is_file():
             raise FileNotFoundError(f"no checkpoint at {source}")
-        if source.endswith(".safetensors"):
-            raw: Any = load_file(source)
-        else:
-            raw = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            if source.endswith(".safetensors"):
+                raw: Any = load_file(source)
+            else:
+                raw = torch.load(source, map_location="cpu", weights_only=True)
+        except (SafetensorError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{source} is not a readable checkpoint ({type(error).__name__}: {error})") from None
     else:
         source, raw = "the given state dict", path_or_state_dict
     model = build_model(config)
