@@ -9,18 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmdiffusion import (
-    CoupledUNet,
-    CoupledUNetConfig,
-    DiffusionConfig,
-    ModelBundle,
-    Provenance,
-    SuperResUNet,
-    SuperResUNetConfig,
-    load_bundled,
-    save_model,
-)
-from mmdiffusion.checkpoint import read_bundle
+from mmdiffusion import CoupledUNet, CoupledUNetConfig, DiffusionConfig, SuperResUNet, SuperResUNetConfig
+from mmdiffusion.bundle import ModelBundle, Provenance
+from mmdiffusion.checkpoint import load_bundled, read_bundle, save_model
 
 SMALL = CoupledUNetConfig.named("tiny", image_size=16, audio_length=2560)
 

@@ -190,10 +190,7 @@ def distribution_metrics(
 
 
 def evaluate(
-    model: BundledModel,
-    clips: ReferenceClips,
-    config: EvaluationConfig,
-    generate: Generator | None = None,
+    model: BundledModel, clips: ReferenceClips, config: EvaluationConfig, *, generate: Generator | None = None
 ) -> EvaluationResult:
     """Every metric of `config.metrics` for `model` on `clips`.
 
