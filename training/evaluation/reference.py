@@ -8,6 +8,7 @@ and the dataset's manifest digest says which exact data it was.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +74,7 @@ def read_reference_clips(data_uri: str, limit: int) -> ReferenceClips:
     return ReferenceClips(np.stack(videos), np.stack(audios), keys, data_uri, manifest, problems)
 
 
-def _samples(shards: list[str], problems: list[str]):
+def _samples(shards: list[str], problems: list[str]) -> Iterator[dict[str, bytes]]:
+    """The samples of every shard in order; an unreadable shard is recorded in `problems`."""
     for uri in shards:
         yield from read_samples(uri, lambda error, uri=uri: problems.append(f"{uri}: {type(error).__name__}: {error}"))
