@@ -21,8 +21,8 @@ import torch
 import webdataset as wds
 
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE
-from training.loader import AUDIO_SCALE, ClipLoader, SampleSpec
-from training.shards import list_shards
+from pipeline.shard_format import SampleSpec, list_shards
+from training.loader import AUDIO_SCALE, ClipLoader
 
 CLIPS_PER_SHARD = 64
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmdiffusion.bundle import describe_bundle
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
@@ -17,7 +18,7 @@ from training.evaluation import (
     log_evaluation,
     read_reference_clips,
 )
-from training.model_store import load_model
+from training.resolver import MODEL_FORMS, resolve_model
 
 
 def add_evaluation_arguments(
@@ -103,9 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         "Logs an evaluation run to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) "
         "in the experiment of the model's run, and prints a table.",
     )
-    parser.add_argument(
-        "--model", required=True, help="checkpoint path, runs:/RUN/NAME, models:/NAME/VERSION or models:/NAME@ALIAS"
-    )
+    parser.add_argument("--model", required=True, help=f"the coupled U-Net: {MODEL_FORMS}")
+    parser.add_argument("--config", default="paper", help="named config of a released .pt model (default: paper)")
     add_evaluation_arguments(parser, default_metrics="val_loss")
     parser.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
     return parser
@@ -116,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = evaluation_config(args)
         clips = read_reference_clips(args.data, config.num_samples)
-        model = load_model(args.model, device=args.device)
+        model = resolve_model(args.model, "coupled_unet", released_config=args.config, device=args.device)
         result: EvaluationResult = evaluate(model, clips, config)
     except (ValueError, FileNotFoundError, EvaluationDataError) as error:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)
         return 2
     print(format_table({args.model: result.metrics}))
+    print(f"{args.model}: {describe_bundle(model.bundle)}")
     print(
         f"{result.num_clips} reference clips from {result.data_uri} (digest {result.data_digest})"
         + (f"; {len(result.skipped)} skipped: {result.skipped[:3]}" if result.skipped else "")

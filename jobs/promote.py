@@ -10,8 +10,8 @@ from mlflow.entities.model_registry import ModelVersion
 
 from jobs.evaluate import add_evaluation_arguments, evaluation_config, format_table
 from training.evaluation import METRICS, EvaluationDataError, evaluate, read_reference_clips
-from training.model_store import load_model
 from training.registry import Evidence, PromotionPolicy, RegistryError, get_version, promote, rollback, version_of_run
+from training.resolver import resolve_model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluated: dict[str, dict[str, float]] = {}
 
         def evaluate_version(version: ModelVersion) -> dict[str, float]:
-            model = load_model(f"models:/{version.name}/{version.version}", device=args.device)
+            model = resolve_model(f"models:/{version.name}/{version.version}", "coupled_unet", device=args.device)
             evaluated[f"{version.name} v{version.version}"] = evaluate(model, clips, config).metrics
             return evaluated[f"{version.name} v{version.version}"]
 

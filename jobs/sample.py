@@ -1,6 +1,8 @@
 """`mmdiff sample`: draw audio-video clips (jointly, or one modality given the other) and write
 them as mp4 with sound, a PNG contact sheet and a PNG of the waveform and spectrogram.
 
+This module parses the arguments, finds the models (`training.resolver`), decodes the
+condition file and writes the files; the sampling itself is `mmdiffusion.MMDiffusionPipeline`.
 `run_sampling(SampleConfig(...))` does the same in-process and returns the written files.
 """
 
@@ -12,31 +14,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from mmdiffusion import checkpoint, media
+from mmdiffusion import media
+from mmdiffusion.bundle import describe_bundle
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.constants import FRAMES, IMAGE_SIZE
-from mmdiffusion.diffusion import GaussianDiffusion
-from mmdiffusion.sampling import (
-    DEFAULT_STEPS,
-    SAMPLERS,
-    SR_SAMPLER,
-    SamplerConfig,
-    ZeroShotCondition,
-    clip_shapes,
-    sample_joint,
-    super_res_diffusion,
-    upsample_video,
-)
+from mmdiffusion.pipeline import MMDiffusionPipeline
+from mmdiffusion.sampling import DEFAULT_STEPS, SAMPLERS, SR_SAMPLER, SamplerConfig, ZeroShotCondition, clip_shapes
 from mmdiffusion.sampling.conditioning import METHODS
-from mmdiffusion.sr_unet import SuperResUNetConfig
+from training.resolver import MODEL_FORMS, resolve_model
 
-RELEASED_SUFFIXES = (".pt", ".pth")
-"""Released checkpoints are PyTorch state dicts; ours are safetensors or MLflow models."""
 DEFAULT_GUIDANCE = 1.0
 """λ of the gradient method when none is given."""
-NETWORK_CONFIGS: dict[str, type] = {"coupled_unet": CoupledUNetConfig, "sr_unet": SuperResUNetConfig}
 
 
 @dataclass(frozen=True)
@@ -111,28 +100,9 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def load_network(uri: str, kind: str, config_name: str, device: torch.device) -> nn.Module:
-    """A model of `kind` ("coupled_unet" or "sr_unet") from our checkpoint file or an MLflow
-    model URI, or from a released `.pt` state dict with a named config."""
-    if uri.endswith(RELEASED_SUFFIXES):
-        model = checkpoint.load_reference_checkpoint(uri, NETWORK_CONFIGS[kind].named(config_name))
-    else:
-        if ":/" not in uri and not Path(uri).exists():
-            raise FileNotFoundError(f"model {uri!r}: no such file, and not a runs:/ or models:/ URI")
-        try:
-            from training.model_store import load_model
-        except ImportError:  # the library alone: our safetensors checkpoints only
-            load_model = checkpoint.load_model
-        model = load_model(uri, device=str(device))
-    expected = checkpoint.MODEL_KINDS[kind][1]
-    if type(model).__name__ != expected:
-        raise ValueError(f"model {uri!r} is a {type(model).__name__}, expected a {expected}")
-    return model.to(device).eval()
-
-
-def load_condition(modality: str, path: str, model_config: CoupledUNetConfig, num: int) -> torch.Tensor:
+def load_condition(modality: str, path: str, model_config: CoupledUNetConfig) -> torch.Tensor:
     """The condition clip of `path`, decoded as preprocessing decodes, in the model's layout and
-    range, repeated for `num` samples."""
+    range, one for all samples (`[1, ...]`)."""
     from pipeline.decode import load_clip
 
     video, audio = load_clip(path, require_video=modality == "video")
@@ -140,75 +110,57 @@ def load_condition(modality: str, path: str, model_config: CoupledUNetConfig, nu
     expected = clip_shapes(model_config, 1)[modality][1:]
     if tuple(value.shape) != expected:
         raise ValueError(f"{path}: the decoded {modality} is {list(value.shape)}, the model takes {list(expected)}")
-    return value.unsqueeze(0).expand(num, *value.shape).contiguous()
+    return value.unsqueeze(0)
 
 
 # ---------------------------------------------------------------------- sampling
+def build_pipeline(config: SampleConfig) -> MMDiffusionPipeline:
+    """The models `config` names, each with its own diffusion, and the samplers it asks for."""
+    device = resolve_device(config.device)
+    base = resolve_model(config.model, "coupled_unet", released_config=config.config, device=str(device))
+    sr = None
+    if config.sr_model:
+        sr = resolve_model(config.sr_model, "sr_unet", released_config=config.sr_config, device=str(device))
+    for model in (base, sr):
+        if model is not None:
+            print(f"{model.source}: {describe_bundle(model.bundle)}", file=sys.stderr)
+    return MMDiffusionPipeline(
+        base,
+        sr,
+        sampler=SamplerConfig(config.sampler, config.steps, config.eta),
+        sr_sampler=replace(SR_SAMPLER, steps=config.sr_steps),
+    )
+
+
+def zero_shot_condition(config: SampleConfig, model_config: CoupledUNetConfig) -> ZeroShotCondition | None:
+    if config.condition is None:
+        return None
+    modality, path = config.condition
+    method = config.method or "replacement"
+    guidance = (config.guidance if config.guidance is not None else DEFAULT_GUIDANCE) if method == "gradient" else 0.0
+    return ZeroShotCondition(modality, load_condition(modality, path, model_config), method, guidance)  # type: ignore[arg-type]
+
+
 def run_sampling(config: SampleConfig) -> list[Path]:
     """Sample `config.num` clips and write their files; returns every written path in order."""
-    device = resolve_device(config.device)
-    model = load_network(config.model, "coupled_unet", config.config, device)
-    sr_model = load_network(config.sr_model, "sr_unet", config.sr_config, device) if config.sr_model else None
-    if sr_model is not None and sr_model.config.low_res_size != model.config.image_size:
-        raise ValueError(
-            f"SR model {config.sr_model!r} upsamples {sr_model.config.low_res_size}-pixel frames; "
-            f"the base model makes {model.config.image_size}-pixel frames"
-        )
-    condition_value = None
-    if config.condition is not None:
-        modality, path = config.condition
-        condition_value = load_condition(modality, path, model.config, config.num)
-    guidance = config.guidance if config.guidance is not None else DEFAULT_GUIDANCE
-
-    generator = torch.Generator().manual_seed(config.seed)
-    condition_generator = torch.Generator().manual_seed(config.seed + 1)
-    model.shift_generator = torch.Generator().manual_seed(config.seed + 2)
-    diffusion = GaussianDiffusion()
-    sampler = SamplerConfig(config.sampler, config.steps, config.eta)
+    pipeline = build_pipeline(config)
+    condition = zero_shot_condition(config, pipeline.base.bundle.network)
     written: list[Path] = []
-    for start in range(0, config.num, config.batch_size):
-        batch = min(config.batch_size, config.num - start)
-        condition = None
-        if condition_value is not None:
-            method = config.method or "replacement"
-            condition = ZeroShotCondition(
-                modality,
-                condition_value[start : start + batch].to(device),
-                method,
-                guidance if method == "gradient" else 0.0,
-                condition_generator,
-            )
-        video, audio = sample_joint(
-            model,
-            diffusion,
-            sampler,
-            clip_shapes(model.config, batch),
-            condition=condition,
-            generator=generator,
-            device=device,
-            progress=config.progress,
-        )
-        video_sr = None
-        if sr_model is not None:
-            sr_sampler = replace(SR_SAMPLER, steps=config.sr_steps)
-            video_sr = upsample_video(
-                sr_model,
-                super_res_diffusion(sr_model.config),
-                video,
-                sr_model.config.image_size,
-                sampler=sr_sampler,
-                batch_size=config.sr_batch_size,
-                generator=generator,
-                device=device,
-                progress=config.progress,
-            )
-        for offset in range(batch):
+    for batch in pipeline.batches(
+        config.num,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        condition=condition,
+        sr_batch_size=config.sr_batch_size,
+        progress=config.progress,
+    ):
+        for offset in range(len(batch)):
             written += write_sample(
                 config.output,
-                start + offset,
-                video[offset],
-                audio[offset],
-                None if video_sr is None else video_sr[offset],
+                batch.start + offset,
+                batch.video[offset],
+                batch.audio[offset],
+                None if batch.video_sr is None else batch.video_sr[offset],
             )
     return written
 
@@ -237,14 +189,9 @@ def _parser() -> argparse.ArgumentParser:
         description=f"Sample {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} audio-video clips (optionally upsampled) "
         "and write mp4 + PNG previews.",
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="our checkpoint (.safetensors), an MLflow model URI (runs:/..., models:/NAME@ALIAS) "
-        "or a released .pt checkpoint (with --config)",
-    )
+    parser.add_argument("--model", required=True, help=f"the coupled U-Net: {MODEL_FORMS} (--config)")
     parser.add_argument("--config", default="paper", help="named config of a released .pt base model (default: paper)")
-    parser.add_argument("--sr-model", default=None, help="super-resolution model, same forms as --model")
+    parser.add_argument("--sr-model", default=None, help="the SR U-Net, same forms as --model (--sr-config)")
     parser.add_argument("--sr-config", default="paper", help="named config of a released .pt SR model (default: paper)")
     parser.add_argument("--sr-steps", type=int, default=SR_SAMPLER.num_steps, help="DDIM steps of the SR model")
     parser.add_argument("--sr-batch-size", type=int, default=16, help="frames per SR network batch")

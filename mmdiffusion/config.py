@@ -22,6 +22,16 @@ AUDIO_DOWNSAMPLE = 4
 
 
 ConfigT = TypeVar("ConfigT", bound="PresetConfig")
+DataclassT = TypeVar("DataclassT")
+
+
+def dataclass_from_dict(cls: type[DataclassT], values: dict[str, Any]) -> DataclassT:
+    """`cls(**values)` for a dataclass, naming unknown fields; JSON lists become tuples."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class PresetConfig:
@@ -45,11 +55,7 @@ class PresetConfig:
 
     @classmethod
     def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return dataclass_from_dict(cls, values)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ class CoupledUNetConfig(PresetConfig):
 
     # ------------------------------------------------------------------ derived sizes
     @property
+    def learn_sigma(self) -> bool:
+        """Both heads predict a variance interpolation after the noise (twice the channels)."""
+        return (self.video_out_channels, self.audio_out_channels) == (2 * self.video_channels, 2 * self.audio_channels)
+
+    @property
     def num_levels(self) -> int:
         return len(self.channel_mult)
 
@@ -160,6 +171,16 @@ class CoupledUNetConfig(PresetConfig):
         for window in self.cross_attention_windows:
             if not 1 <= window <= self.frames:
                 problems.append(f"RS-MMA window {window} must lie in 1..frames={self.frames}")
+        outputs = (self.video_out_channels, self.audio_out_channels)
+        if outputs not in (
+            (self.video_channels, self.audio_channels),
+            (2 * self.video_channels, 2 * self.audio_channels),
+        ):
+            problems.append(
+                f"video_out_channels {self.video_out_channels} and audio_out_channels {self.audio_out_channels} must "
+                f"both be the input channels ({self.video_channels}, {self.audio_channels}) or both twice them "
+                "(a learned variance)"
+            )
         last = self.num_levels - 1
         if self.image_size % VIDEO_DOWNSAMPLE**last:
             problems.append(

@@ -3,8 +3,8 @@
 A plain image U-Net run on single frames: the noisy high-resolution frame `[B, 3, H, W]` and
 the low-resolution frame, upsampled bilinearly to `H × W`, are concatenated on the channel
 axis; the output stacks the predicted noise and the variance interpolation `[B, 6, H, W]`.
-Module names follow the released checkpoints so that their state dicts load as they are;
-`../shared/reference/README.md` states the facts this module follows.
+Module names follow the released checkpoints so that their state dicts load as they are; the
+released key lists and golden outputs in `tests/golden_data` check it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Two sub-networks, one for video `[B, F, C, H, W]` and one for audio `[B, C, L]`, share a
 timestep embedding and exchange information through RS-MMA blocks at the levels the config
-names. `../shared/reference/README.md` states the released architecture this module follows.
+names. It follows the released MM-Diffusion architecture, checked against the released key
+lists and golden outputs in `tests/golden_data`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import PreprocessStats
+from pipeline.shard_format import MANIFEST_FILE
 from pipeline.storage import join, write_atomically
 from pipeline.task import ShardRecord
 
@@ -42,7 +43,7 @@ def _write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
 
 def write_outputs(output_uri: str, records: list[ShardRecord], stats: PreprocessStats) -> None:
     """Rewrite the manifest and error tables from all records, and this run's stats."""
-    _write_table(join(output_uri, "manifest.parquet"), [row for r in records for row in r.clips], MANIFEST_SCHEMA)
+    _write_table(join(output_uri, MANIFEST_FILE), [row for r in records for row in r.clips], MANIFEST_SCHEMA)
     _write_table(join(output_uri, "errors.parquet"), [row for r in records for row in r.errors], ERRORS_SCHEMA)
     summary = {
         **asdict(stats),

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import io
-import re
 import tarfile
 
+from pipeline.shard_format import SHARD_FOLDER, shard_name, shard_number
 from pipeline.storage import AtomicWriter, join
 
-SHARD_FOLDER = "shards"
-_SHARD_NAME = re.compile(r"^shard-(\d{6})\.tar$")
-
-
-def shard_name(number: int) -> str:
-    return f"shard-{number:06d}.tar"
-
-
-def shard_number(name: str) -> int | None:
-    """The number in a final shard name, None for anything else (temporaries included)."""
-    match = _SHARD_NAME.match(name)
-    return int(match.group(1)) if match else None
+__all__ = ["SHARD_FOLDER", "ShardWriter", "shard_name", "shard_number"]
 
 
 class ShardWriter:

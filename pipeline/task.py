@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 from pipeline.decode import Clip, ClipOptions, open_source
 from pipeline.errors import MediaError, Reason
-from pipeline.samples import encode_sample, sample_key
+from pipeline.samples import encode_sample
+from pipeline.shard_format import sample_key
 from pipeline.shards import ShardWriter, shard_name
 from pipeline.storage import join, write_atomically
 

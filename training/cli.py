@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from training.config import MODEL_PRESETS, Task, TrainConfig, parse_workers, read_yaml
+from training.resolver import MODEL_FORMS
 
 # flag -> TrainConfig field, for the options that map one to one
 _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -28,7 +29,7 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-failures": ("max_failures", int, "worker-group restarts from the last checkpoint before giving up"),
     "--run-name": ("run_name", str, "run name: rerunning with the same name and output resumes it"),
     "--register-as": ("register_as", str, "register the final EMA model under this MLflow model name"),
-    "--init-from": ("init_from", str, "start from a released checkpoint or one of ours (file, folder or MLflow URI)"),
+    "--init-from": ("init_from", str, "start from a model: " + MODEL_FORMS),
     "--experiment": ("experiment", str, "MLflow experiment name"),
     "--seed": ("seed", int, "random seed"),
 }
@@ -71,8 +72,8 @@ def config_from_args(args: argparse.Namespace, task: Task) -> TrainConfig:
 
 def run_command(prog: str, description: str, task: Task, argv: list[str] | None) -> int:
     """Parse, train, print the result; a bad input is one clear line on stderr and exit code 2."""
+    from pipeline.shard_format import DataError
     from training.run import NonFiniteLossError, train
-    from training.shards import DataError
 
     parser = build_parser(prog, description)
     args = parser.parse_args(argv)

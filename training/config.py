@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mmdiffusion.bundle import ModelBundle, default_diffusion
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
@@ -68,7 +69,8 @@ class TrainConfig:
     experiment: str = "mmdiffusion"
     register_as: str | None = None
     init_from: str | None = None
-    """A released checkpoint (.pt/.pth/.safetensors state dict) or one of ours."""
+    """Starting weights: any model `training.resolver` takes (a released checkpoint is read
+    with this run's model config; a checkpoint or run folder gives its EMA weights)."""
     tracking_uri: str | None = None
     """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
     max_failures: int = 3
@@ -104,7 +106,10 @@ class TrainConfig:
             problems.append(f"workers must be N >= 1 or MIN:MAX with 1 <= MIN <= MAX, got {self.workers}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
-        self.model_config()  # raises on bad overrides
+        try:  # bad overrides, or a diffusion that does not fit the network
+            ModelBundle.describe(self.model_config(), self.diffusion_config())
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"invalid training config: {error}") from None
 
     @property
     def worker_range(self) -> tuple[int, int]:
@@ -129,8 +134,9 @@ class TrainConfig:
         )
 
     def diffusion_config(self) -> DiffusionConfig:
-        # The SR model predicts its variance too and trains on the hybrid loss.
-        return DiffusionConfig(**{"learn_sigma": self.task == "sr", **self.diffusion_overrides})
+        """The released diffusion for the network (the SR model predicts its variance too and
+        trains on the hybrid loss), with `diffusion_overrides`."""
+        return dataclasses.replace(default_diffusion(self.model_config()), **self.diffusion_overrides)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -10,39 +10,22 @@ much of it a worker has consumed.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from einops import rearrange
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pipeline.samples import jpeg_strip_to_frames, sr_member_name
-from pipeline.storage import resolve
-from training.shards import DataError, ShardAssignment, assign_shards
+from pipeline.shard_format import DataError, SampleSpec, decode_sample, read_samples
+from training.shards import ShardAssignment, assign_shards
 
 log = logging.getLogger(__name__)
 
-VIDEO_MEMBER = "video.npy"
-AUDIO_MEMBER = "audio.npy"
 AUDIO_SCALE = 32768.0
 """int16 full scale: samples map to [-1, 1)."""
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """What a sample must hold: frames of `image_size` (and `sr_size`), audio of `audio_length`."""
-
-    frames: int
-    image_size: int
-    audio_length: int
-    sr_size: int | None = None
-    """Read the `video{sr_size}.jpg` frames (SR training) instead of video.npy and audio.npy."""
 
 
 @dataclass
@@ -67,35 +50,6 @@ class LoaderCounters:
             self.corrupt_samples += 1
         self.problems = [*self.problems[-9:], message]
         log.warning("skipped %s", message)
-
-
-def decode_sample(sample: dict[str, bytes], spec: SampleSpec) -> dict[str, np.ndarray]:
-    """The sample's uint8 frames and int16 audio, checked against `spec`; raises ValueError."""
-    key = sample.get("__key__", "?")
-    if spec.sr_size is not None:
-        member = sr_member_name(spec.sr_size)
-        if member not in sample:
-            raise ValueError(f"sample {key}: no {member} member (preprocess with --sr-size {spec.sr_size})")
-        frames = jpeg_strip_to_frames(sample[member], spec.sr_size)
-        _check(key, member, frames, (spec.frames, spec.sr_size, spec.sr_size, 3), np.uint8)
-        return {"video_sr": frames}
-    arrays = {}
-    for name, member, shape, dtype in (
-        ("video", VIDEO_MEMBER, (spec.frames, spec.image_size, spec.image_size, 3), np.uint8),
-        ("audio", AUDIO_MEMBER, (1, spec.audio_length), np.int16),
-    ):
-        if member not in sample:
-            raise ValueError(f"sample {key}: no {member} member")
-        arrays[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
-        _check(key, member, arrays[name], shape, dtype)
-    return arrays
-
-
-def _check(key: str, member: str, array: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:
-    if array.shape != shape or array.dtype != dtype:
-        raise ValueError(
-            f"sample {key}: {member} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}"
-        )
 
 
 def collate(arrays: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -204,15 +158,6 @@ class ClipLoader:
 
     def _shard_samples(self, shard: str) -> Iterator[dict[str, bytes]]:
         """The samples of one shard; a shard that cannot be read is skipped and counted."""
-
-        def skip_broken(error: Exception) -> bool:
-            self.counters.record(f"unreadable shard {shard}: {error}", shard=True)
-            return False  # stop reading this shard
-
-        try:
-            fs, path = resolve(shard)
-            with fs.open_input_stream(path) as stream:
-                members = ({**member, "__url__": shard} for member in tar_file_iterator(stream, handler=skip_broken))
-                yield from group_by_keys(members, handler=skip_broken)
-        except (OSError, tarfile.TarError) as error:
-            skip_broken(error)
+        yield from read_samples(
+            shard, lambda error: self.counters.record(f"unreadable shard {shard}: {error}", shard=True)
+        )

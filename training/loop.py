@@ -20,14 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmdiffusion.checkpoint import load_checked_state_dict, load_reference_checkpoint, read_metadata
+from mmdiffusion.bundle import KIND_NAMES, ModelBundle, Provenance, describe_diffusion, model_kind
+from mmdiffusion.checkpoint import load_checked_state_dict
+from mmdiffusion.diffusion import DiffusionConfig
+from pipeline.credentials import redact
 from training.config import TrainConfig
 from training.ema import EMA
 from training.faults import CrashDrill
 from training.loader import ClipLoader, DataPosition
 from training.metrics import IntervalMetrics, all_workers_agree, sum_over_workers
+from training.resolver import resolve_model
 from training.session import RaySession, Session
-from training.state import EMA_FILE, RunState, read_position, read_state, restore_weights, write_checkpoint
+from training.state import RunState, read_position, read_state, restore_weights, write_checkpoint
 from training.tasks import Task, make_task
 from training.tracking import MetricLogger
 
@@ -36,9 +40,17 @@ log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def loop_config(config: TrainConfig, shards: list[str], run_id: str, tracking_uri: str) -> dict[str, Any]:
+def loop_config(
+    config: TrainConfig, shards: list[str], run_id: str, tracking_uri: str, manifest_sha256: str
+) -> dict[str, Any]:
     """The plain dict `train_loop` receives (what Ray ships to every worker)."""
-    return {"config": config.to_dict(), "shards": shards, "run_id": run_id, "tracking_uri": tracking_uri}
+    return {
+        "config": config.to_dict(),
+        "shards": shards,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "manifest_sha256": manifest_sha256,
+    }
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,15 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         "resuming" if resumed_from is not None else "starting",
         state.step,
     )
+    # Provenance travels inside model files and MLflow artifacts: no credential in a URI.
+    initialised_from = None if config.init_from is None else redact(config.init_from)
+    provenance = Provenance(state.mlflow_run_id, loop_inputs["manifest_sha256"], initialised_from=initialised_from)
+    bundle = ModelBundle.describe(trainee.model.config, task.diffusion.config, provenance)
     finished = False
     try:
         if resumed_from is not None:
             logger.log({"resumed_from_step": float(resumed_from)}, step=resumed_from)
-        outcome = _run_steps(config, session, task, trainee, loader, logger, state)
+        outcome = _run_steps(config, session, task, trainee, loader, logger, state, bundle)
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
@@ -114,7 +130,7 @@ def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint:
     torch.manual_seed(config.seed)
     model = task.build_model()
     if checkpoint is None and config.init_from:
-        initialise_from(model, config.init_from)
+        initialise_from(model, config.init_from, task.diffusion.config)
     ema = EMA(model, config.ema_schedule())
     prepared = session.prepare(model)
     ema.model.to(session.device)
@@ -139,7 +155,9 @@ def _run_steps(
     loader: ClipLoader,
     logger: MetricLogger,
     state: RunState,
+    bundle: ModelBundle,
 ) -> LoopOutcome:
+    """Train up to `config.steps`; checkpoints carry `bundle` with their step."""
     batches = iter(loader)
     interval = IntervalMetrics(task.loss_names, session.device)
     step, nonfinite, consecutive, skipped = state.step, state.nonfinite_steps, 0, state.skipped_steps
@@ -208,6 +226,7 @@ def _run_steps(
                     ema=trainee.ema,
                     optimizer=trainee.optimizer,
                     scaler=trainee.scaler,
+                    bundle=bundle.with_provenance(step=step),
                 )
                 session.report(metrics, Path(staging), step)
     if state.step >= config.steps:  # nothing left to do: still report once, as every attempt must
@@ -262,22 +281,18 @@ def _train_step(
     return grad_norm
 
 
-def initialise_from(model: nn.Module, uri: str) -> None:
-    """Load starting weights: a released checkpoint file, or one of ours (a safetensors file, a
-    checkpoint folder of a run, whose EMA weights are taken, or an MLflow model URI)."""
-    path = Path(uri)
-    if path.is_dir() and (path / EMA_FILE).is_file():
-        path = path / EMA_FILE
-    if path.is_file() and not _is_ours(path):
-        source = load_reference_checkpoint(path, model.config)
-    else:
-        from training.model_store import load_model
-
-        source = load_model(str(path) if path.is_file() else uri)
-    load_checked_state_dict(model, source.state_dict(), source=uri)
-
-
-def _is_ours(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
-    return "mmdiffusion_kind" in read_metadata(path)
+def initialise_from(model: nn.Module, uri: str, diffusion: DiffusionConfig | None = None) -> None:
+    """Load starting weights from any model `training.resolver` takes (a released checkpoint
+    is read with this model's config; a checkpoint folder gives its EMA weights). A source
+    trained with another diffusion than `diffusion` is allowed, and logged."""
+    source = resolve_model(uri, model_kind(model), released_config=model.config)
+    load_checked_state_dict(model, source.network.state_dict(), source=uri)
+    if diffusion is not None and source.bundle.diffusion != diffusion:
+        log.warning(
+            "--init-from %s: %s trained with %s (%s), this run trains with %s",
+            uri,
+            KIND_NAMES[source.bundle.kind],
+            describe_diffusion(source.bundle.diffusion),
+            source.bundle.provenance.diffusion_origin,
+            describe_diffusion(diffusion),
+        )

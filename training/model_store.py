@@ -1,13 +1,10 @@
-"""MMDiffusion models as MLflow models: log them in a run, load them back from any model URI.
+"""MMDiffusion models as MLflow models: logged in a run, read back by `training.resolver`.
 
 The logged model is an MLflow `python_function` model built with a *loader module* (this one):
 its only data file is the safetensors checkpoint written by `mmdiffusion.checkpoint`, which
-carries the network's config. Loading therefore never unpickles anything, unlike
-`mlflow.pytorch` or a pickled `PythonModel`.
-
-URIs accepted by `load_model`: a local checkpoint file, a local MLflow model folder,
-`runs:/RUN_ID/NAME`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/m-<model id>`,
-and any artifact URI MLflow can download (`s3://...`).
+carries the model bundle (network config, diffusion, provenance); the MLmodel file repeats the
+bundle as metadata for people browsing the registry. Loading therefore never unpickles
+anything, unlike `mlflow.pytorch` or a pickled `PythonModel`.
 """
 
 from __future__ import annotations
@@ -22,29 +19,33 @@ import torch
 import yaml
 
 from mmdiffusion import checkpoint
+from mmdiffusion.bundle import ModelBundle
 
 CHECKPOINT_FILE = "model.safetensors"
 """Name of the weights file inside a logged model's `data` folder."""
-
 MLMODEL_FILE = "MLmodel"
+BUNDLE_METADATA_KEY = "mmdiffusion_bundle"
 
 
 def log_model(
     model: torch.nn.Module,
+    bundle: ModelBundle | None = None,
     *,
     name: str = "model",
     registered_model_name: str | None = None,
     tags: dict[str, Any] | None = None,
 ) -> str:
-    """Log `model` in the active MLflow run (one is started if none is) and return its URI.
+    """Log `model` with its bundle in the active MLflow run (one is started if none is) and
+    return its URI. Without `bundle`, as `mmdiffusion.checkpoint.save_model` does.
 
     With `registered_model_name`, a new version of that registered model is created too.
     """
     import mlflow
 
+    bundle = bundle or ModelBundle.describe(model.config)  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as staging:
         weights = Path(staging) / CHECKPOINT_FILE
-        checkpoint.save_model(weights, model)
+        checkpoint.save_model(weights, model, bundle)
         info = mlflow.pyfunc.log_model(
             name=name,
             loader_module=__name__,
@@ -53,40 +54,19 @@ def log_model(
             # Listing requirements explicitly skips MLflow's inference, which loads the model
             # in a subprocess just to see what it imports.
             pip_requirements=_pip_requirements(),
+            metadata={BUNDLE_METADATA_KEY: bundle.to_dict()},
             tags=tags,
         )
     return info.model_uri
 
 
-def load_model(uri: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """Load the network behind `uri` in eval mode on `device` (see the module doc for URIs)."""
-    local = Path(uri)
-    if local.exists():
-        return checkpoint.load_model(_checkpoint_file(local, uri), device=device)
-    import mlflow
-
-    with tempfile.TemporaryDirectory(prefix="mmdiff-model-") as staging:
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri), dst_path=staging))
-        except Exception as error:  # MLflow raises several types for "not there"
-            raise FileNotFoundError(f"model {uri!r}: cannot be downloaded from MLflow ({error})") from error
-        return checkpoint.load_model(_checkpoint_file(path, uri), device=device)
-
-
-def _checkpoint_file(path: Path, uri: str | Path) -> Path:
-    """The safetensors file for a checkpoint file or an MLflow model folder at `path`."""
-    if path.is_file():
-        return path
-    mlmodel = path / MLMODEL_FILE
-    if not mlmodel.is_file():
-        raise FileNotFoundError(
-            f"model {uri!r}: {path} is neither a checkpoint file nor an MLflow model folder (no MLmodel)"
-        )
-    flavor = (yaml.safe_load(mlmodel.read_text()).get("flavors") or {}).get("python_function") or {}
+def weights_in_model_folder(mlmodel_text: str, source: str) -> tuple[str, str]:
+    """Where the weights of an MLflow model folder can be, relative to it, from its MLmodel
+    file: its `data` path, or the checkpoint file inside that folder."""
+    flavor = (yaml.safe_load(mlmodel_text).get("flavors") or {}).get("python_function") or {}
     if flavor.get("loader_module") != __name__ or "data" not in flavor:
-        raise ValueError(f"model {uri!r}: not an mmdiffusion model (its MLmodel has no {__name__} loader)")
-    data = path / flavor["data"]
-    return data if data.is_file() else data / CHECKPOINT_FILE
+        raise ValueError(f"model {source!r}: not an mmdiffusion model (its MLmodel has no {__name__} loader)")
+    return flavor["data"], f"{flavor['data'].rstrip('/')}/{CHECKPOINT_FILE}"
 
 
 def _pip_requirements() -> list[str]:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmdiffusion.bundle import model_kind
 from pipeline.credentials import forwarded_settings
+from pipeline.shard_format import list_shards, manifest_info
 from pipeline.storage import is_remote, join, resolve, write_atomically
 from training.config import TrainConfig
 from training.loop import loop_config, train_loop
 from training.plots import plot_loss_curves
+from training.resolver import check_model_source, resolve_model
 from training.session import LocalSession
-from training.shards import list_shards
-from training.state import EMA_FILE
 from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take_stop_reason
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,12 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     """Train (or resume) the run `config` describes; `in_process` runs one worker without Ray."""
     config = _absolute_local_paths(config)
     shards = list_shards(config.data)  # a missing path or no shards fails here, before any worker
-    _check_init_from(config.init_from)
+    if config.init_from:
+        check_model_source(config.init_from, model_kind(config.model_config()))
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     run_id = open_run(config, tracking_uri, len(shards))
     take_stop_reason(tracking_uri, run_id)  # a stop of an earlier attempt is history now
-    inputs = loop_config(config, shards, run_id, tracking_uri)
+    inputs = loop_config(config, shards, run_id, tracking_uri, manifest_info(config.data).sha256)
     if in_process:
         if is_remote(config.output):
             raise ValueError(f"in-process training keeps checkpoints in a local folder, not {config.output!r}")
@@ -98,11 +100,6 @@ def _absolute_local_paths(config: TrainConfig) -> TrainConfig:
     return config.replace(
         data=absolute(config.data), output=absolute(config.output), init_from=absolute(config.init_from)
     )
-
-
-def _check_init_from(uri: str | None) -> None:
-    if uri and uri.startswith("/") and not Path(uri).exists():
-        raise FileNotFoundError(f"--init-from {uri!r} does not exist")
 
 
 def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
@@ -158,19 +155,18 @@ def _storage(output: str) -> tuple[str, Any]:
 def _finish(
     config: TrainConfig, run_id: str, tracking_uri: str, checkpoint_uri: str, metrics: dict[str, float]
 ) -> TrainResult:
-    """Log the final EMA model (registered under `register_as`) and the loss curve."""
+    """Log the final EMA model with its bundle (registered under `register_as`) and the loss curve."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from mmdiffusion.checkpoint import load_model
     from training.model_store import log_model
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
+    final = resolve_model(checkpoint_uri, model_kind(config.model_config()), weights="ema")
     with tempfile.TemporaryDirectory(prefix="mmdiff-finish-") as staging:
-        ema_file = _fetch(join(checkpoint_uri, EMA_FILE), Path(staging) / EMA_FILE)
         with mlflow.start_run(run_id=run_id):
-            model_uri = log_model(load_model(ema_file), registered_model_name=config.register_as)
+            model_uri = log_model(final.network, final.bundle, registered_model_name=config.register_as)
             histories = {
                 name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)] for name in LOSS_METRICS
             }
@@ -196,13 +192,3 @@ def _finish(
         registered_version=version,
         loss_curve=loss_curve_uri,
     )
-
-
-def _fetch(uri: str, local: Path) -> Path:
-    """A local copy of the file at `uri` (local paths are used where they are)."""
-    if not is_remote(uri):
-        return Path(uri)
-    filesystem, path = resolve(uri)
-    with filesystem.open_input_stream(path) as stream:
-        local.write_bytes(stream.read())
-    return local

@@ -7,6 +7,7 @@ checkpoint to resume from, and `report` (metrics plus an optional checkpoint fol
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,10 +22,17 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 UPLOAD_ATTEMPTS = 4
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder's name, None for anything else (partial copies included)."""
+    match = _CHECKPOINT_NAME.match(name)
+    return int(match.group(1)) if match else None
 
 
 class Session(Protocol):

@@ -1,7 +1,8 @@
 """The training checkpoint: one folder that Ray Train persists (locally or on S3).
 
-model.safetensors   weights and config (loadable with `mmdiffusion.load_model`)
-ema.safetensors     the EMA weights, same format
+model.safetensors   the optimizer's weights and their model bundle (network and diffusion
+                    config, provenance: run, data manifest, step, `raw`); `mmdiffusion.load_bundled`
+ema.safetensors     the EMA weights, same format (provenance `ema`)
 optimizer.pt        AdamW state (tensors and numbers only: loads with weights_only=True)
 scaler.pt           the fp16 GradScaler state
 state.json          step, MLflow run id, world size, counters
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from mmdiffusion.bundle import ModelBundle
 from mmdiffusion.checkpoint import load_checked_state_dict, save_model
 from training.ema import EMA
 from training.loader import DataPosition
@@ -60,14 +62,16 @@ def write_checkpoint(
     ema: EMA,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    bundle: ModelBundle,
 ) -> None:
-    """Rank 0 writes the weights and state, every rank its data position."""
+    """Rank 0 writes the weights and state, every rank its data position. `bundle` describes
+    the model at this step; each weights file gets it with its own `weights` provenance."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / position_file(rank)).write_text(json.dumps(dataclasses.asdict(position)))
     if rank != 0:
         return
-    save_model(folder / MODEL_FILE, model)
-    save_model(folder / EMA_FILE, ema.model)
+    save_model(folder / MODEL_FILE, model, bundle.with_provenance(weights="raw"))
+    save_model(folder / EMA_FILE, ema.model, bundle.with_provenance(weights="ema"))
     torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
     torch.save(scaler.state_dict(), folder / SCALER_FILE)
     (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmdiffusion.checkpoint import build_model
+from mmdiffusion.bundle import build_model
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.constants import FRAMES
 from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.sr_unet import SuperResUNetConfig
+from pipeline.shard_format import SampleSpec
 from training.config import TrainConfig
-from training.loader import SampleSpec
 
 
 class Task(Protocol):

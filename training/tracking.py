@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.credentials import redact, redacted
+from pipeline.shard_format import manifest_info
 from training.config import TrainConfig
-from training.shards import manifest_info
 
 RUN_KEY_TAG = "mmdiff.run_key"
 """Identifies a training run across attempts: its output URI and run name."""

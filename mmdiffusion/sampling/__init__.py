@@ -6,7 +6,6 @@ from mmdiffusion.sampling.joint import clip_shapes, sample_joint
 from mmdiffusion.sampling.schedulers import DEFAULT_STEPS, SAMPLERS, ModalitySampler, SamplerConfig
 from mmdiffusion.sampling.super_res import (
     SR_SAMPLER,
-    super_res_diffusion,
     super_res_loss,
     upsample_frames,
     upsample_video,
@@ -21,7 +20,6 @@ __all__ = [
     "ZeroShotCondition",
     "clip_shapes",
     "sample_joint",
-    "super_res_diffusion",
     "super_res_loss",
     "upsample_frames",
     "upsample_video",

@@ -1,9 +1,10 @@
 """Diffusion for the 64→256 super-resolution U-Net: its training loss and its sampler.
 
 The SR model is a per-frame image model conditioned on the low-resolution frame, trained with
-a learned variance (the hybrid loss of improved DDPM) on the same linear schedule as the base
-model. A video is upsampled by running its frames as a batch through the reverse process, 25
-DDIM steps by default as released.
+a learned variance (the hybrid loss of improved DDPM); its diffusion process is the one its
+bundle records (`mmdiffusion.bundle`; the released one: 1000 linear steps). A video is
+upsampled by running its frames as a batch through the reverse process, 25 DDIM steps by
+default as released.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from mmdiffusion.diffusion import DiffusionConfig, GaussianDiffusion
+from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.sampling.schedulers import ModalitySampler, SamplerConfig
 
 SR_SAMPLER = SamplerConfig("ddim", 25)
@@ -22,11 +23,6 @@ SR_SAMPLER = SamplerConfig("ddim", 25)
 IMAGE_CHANNEL_DIM = 1
 
 SuperResModel = Callable[..., torch.Tensor]
-
-
-def super_res_diffusion(config) -> GaussianDiffusion:
-    """The diffusion process of an SR model config (learned variance when it has 6 outputs)."""
-    return GaussianDiffusion(DiffusionConfig(learn_sigma=config.learn_sigma))
 
 
 def super_res_loss(

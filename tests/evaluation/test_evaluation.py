@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mmdiffusion import save_model
+from mmdiffusion import BundledModel, save_model
 from mmdiffusion.sampling import SamplerConfig
 from tests.evaluation.conftest import ReferenceShards, micro_model
 from training.evaluation import (
@@ -19,10 +19,10 @@ from training.evaluation import (
     evaluate,
     held_out_loss,
     log_evaluation,
-    model_source_run,
     read_reference_clips,
 )
 from training.model_store import log_model
+from training.resolver import model_source_run
 
 FAST = {"num_samples": 1, "loss_timesteps": (300,), "batch_size": 1}
 """One clip, one network call per held-out loss: the micro model takes seconds per clip on a busy CPU."""
@@ -52,13 +52,15 @@ def test_missing_or_empty_data_is_a_clear_error(tmp_path) -> None:
 def test_held_out_loss_repeats_exactly_and_ranks_a_worse_model_lower(reference_shards: ReferenceShards) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=1)
     config = EvaluationConfig(**FAST)
-    zero = held_out_loss(micro_model(seed=0), clips, config)
-    assert zero == held_out_loss(micro_model(seed=0), clips, config)  # identical work, identical numbers
+    zero = held_out_loss(BundledModel.of(micro_model(seed=0)), clips, config)
+    assert zero == held_out_loss(
+        BundledModel.of(micro_model(seed=0)), clips, config
+    )  # identical work, identical numbers
     # A fresh model predicts zero noise: each modality's loss is the mean squared noise, about 1.
     assert zero["val_video_loss"] == pytest.approx(1.0, abs=0.02)
     assert zero["val_audio_loss"] == pytest.approx(1.0, abs=0.05)
     assert zero["val_loss"] == pytest.approx(zero["val_video_loss"] + zero["val_audio_loss"])
-    worse = held_out_loss(micro_model(seed=1, perturbed=True), clips, config)
+    worse = held_out_loss(BundledModel.of(micro_model(seed=1, perturbed=True)), clips, config)
     assert worse["val_loss"] > zero["val_loss"] + 0.1
 
 
@@ -80,19 +82,27 @@ def test_evaluate_draws_samples_from_the_model_for_sample_metrics(reference_shar
     config = EvaluationConfig(
         metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2
     )
-    result = evaluate(micro_model(seed=0), clips, config)
+    result = evaluate(BundledModel.of(micro_model(seed=0)), clips, config)
     assert set(result.metrics) == {"fad"}
     assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
     assert result.data_digest == clips.digest and result.num_clips == 2
     with pytest.raises(ValueError, match="generated audio"):
-        evaluate(micro_model(seed=0), clips, config, generate=lambda n: (clips.video[:n], clips.audio[:n, :, :100]))
+        evaluate(
+            BundledModel.of(micro_model(seed=0)),
+            clips,
+            config,
+            generate=lambda n: (clips.video[:n], clips.audio[:n, :, :100]),
+        )
 
 
-def test_evaluation_settings_are_checked() -> None:
+def test_evaluation_settings_are_checked(reference_shards: ReferenceShards) -> None:
     with pytest.raises(ValueError, match="unknown metrics"):
         EvaluationConfig(metrics=("fvd", "psnr"))
     with pytest.raises(ValueError, match="loss_timesteps"):
-        EvaluationConfig(loss_timesteps=(1000,))
+        EvaluationConfig(loss_timesteps=(-1,))
+    clips = read_reference_clips(str(reference_shards.root), limit=1)
+    with pytest.raises(ValueError, match=r"loss_timesteps must lie in 0\.\.999"):  # the model's own diffusion
+        held_out_loss(BundledModel.of(micro_model(seed=0)), clips, EvaluationConfig(loss_timesteps=(1000,)))
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         EvaluationConfig(metrics=("val_loss", "fvd"), num_samples=1)
     assert EvaluationConfig(**FAST).settings_digest() != EvaluationConfig(noise_seed=1, **FAST).settings_digest()

@@ -11,7 +11,8 @@ import torch
 
 from mmdiffusion import save_model
 from tests.evaluation.conftest import micro_model, same_weights
-from training.model_store import load_model, log_model
+from training.model_store import log_model
+from training.resolver import resolve_model
 
 
 def test_logged_model_loads_back_by_run_version_alias_and_model_id(tracking_uri: str, model_name: str) -> None:
@@ -21,7 +22,7 @@ def test_logged_model_loads_back_by_run_version_alias_and_model_id(tracking_uri:
     mlflow.MlflowClient().set_registered_model_alias(model_name, "champion", "1")
 
     for form in (uri, f"runs:/{run.info.run_id}/model", f"models:/{model_name}/1", f"models:/{model_name}@champion"):
-        loaded = load_model(form)
+        loaded = resolve_model(form, "coupled_unet").network
         assert same_weights(model, loaded), form
         assert not loaded.training
 
@@ -49,9 +50,9 @@ def test_logged_model_holds_only_safetensors_and_serves_through_pyfunc(
 def test_local_checkpoint_path_loads_without_mlflow(tmp_path) -> None:
     model = micro_model(seed=2)
     path = save_model(tmp_path / "model.safetensors", model)
-    assert same_weights(model, load_model(path))
+    assert same_weights(model, resolve_model(path, "coupled_unet").network)
 
 
 def test_unknown_model_uri_names_the_uri(tracking_uri: str) -> None:
     with pytest.raises(FileNotFoundError, match="models:/no-such-model@champion"):
-        load_model("models:/no-such-model@champion")
+        resolve_model("models:/no-such-model@champion", "coupled_unet")

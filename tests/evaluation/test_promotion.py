@@ -14,7 +14,7 @@ from jobs import evaluate as evaluate_job
 from jobs import promote as promote_job
 from jobs import sample as sample_job
 from tests.evaluation.conftest import ReferenceShards, micro_model, same_weights
-from training.model_store import load_model, log_model
+from training.model_store import log_model
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,6 +27,7 @@ from training.registry import (
     rollback,
     version_by_alias,
 )
+from training.resolver import resolve_model
 
 FAST = ["--num", "1", "--loss-timesteps", "300", "--batch-size", "1"]
 """One clip, one network call per evaluation (see test_evaluation.FAST)."""
@@ -76,7 +77,7 @@ def test_promote_refuse_rollback_and_sample_by_alias(
 
     assert promote_job.main(["--name", model_name, "--rollback"]) == 0
     assert _alias(client, model_name, CHAMPION) == "1"
-    assert same_weights(load_model(f"models:/{model_name}@{CHAMPION}"), worse)
+    assert same_weights(resolve_model(f"models:/{model_name}@{CHAMPION}", "coupled_unet").network, worse)
 
     assert (
         sample_job.main(

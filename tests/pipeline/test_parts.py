@@ -17,7 +17,8 @@ from pipeline.errors import MediaError
 from pipeline.frames import fit_square, scaled_size
 from pipeline.listing import list_inputs
 from pipeline.resume import extend_plan, read_plan, read_records, remove_unfinished, unfinished_units, write_plan
-from pipeline.samples import encode_sample, jpeg_strip_to_frames, sr_member_name
+from pipeline.samples import encode_sample
+from pipeline.shard_format import jpeg_strip_to_frames, sr_member_name
 from pipeline.shards import ShardWriter
 from pipeline.task import ShardTask, decoding_failures_as_media_errors, run_shard_task
 from tests.fixtures.media import MediaSet

@@ -20,7 +20,7 @@ from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SI
 from pipeline.decode import load_clip
 from pipeline.listing import list_inputs
 from pipeline.run import PreprocessConfig, preprocess
-from pipeline.samples import jpeg_strip_to_frames, sr_member_name
+from pipeline.shard_format import jpeg_strip_to_frames, sr_member_name
 from tests.fixtures.media import MediaSet
 from tests.fixtures.s3_server import S3Server
 

@@ -10,10 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.sample import SampleConfig, load_network, main, run_sampling
-from mmdiffusion import CoupledUNet, CoupledUNetConfig, SuperResUNet, SuperResUNetConfig, save_model
+from jobs.sample import SampleConfig, main, run_sampling, write_sample
+from mmdiffusion import (
+    CoupledUNet,
+    CoupledUNetConfig,
+    DiffusionConfig,
+    MMDiffusionPipeline,
+    ModelBundle,
+    SuperResUNet,
+    SuperResUNetConfig,
+    load_bundled,
+    save_model,
+)
 from mmdiffusion.constants import FRAMES, IMAGE_SIZE
+from mmdiffusion.media import audio_from_int16
+from mmdiffusion.sampling import SamplerConfig, ZeroShotCondition
 from pipeline.decode import load_clip
+from training.resolver import resolve_model
 
 MICRO_UNET = CoupledUNetConfig.named(
     "tiny",
@@ -141,14 +154,51 @@ def test_video_to_audio_with_super_resolution_writes_both_sizes(tmp_path, models
     assert len(audio) == len(sr_audio) and np.array_equal(audio, sr_audio)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_library_pipeline_draws_what_mmdiff_sample_writes(tmp_path, models):
+    """Several batches, a condition, ancestral noise and SR: every draw comes from the seed."""
+    network = random_weights(CoupledUNet(MICRO_UNET), 4)
+    cosine = save_model(
+        tmp_path / "cosine.safetensors", network, ModelBundle.describe(MICRO_UNET, DiffusionConfig(schedule="cosine"))
+    )
+    wav = encode_source(tmp_path / "condition.wav", with_video=False)
+    command = tmp_path / "command"
+    argv = ["--model", str(cosine), "--sr-model", str(models["sr"]), "--condition-audio", str(wav)]
+    argv += ["--num", "2", "--batch-size", "1", "--sampler", "ddpm", "--steps", "2", "--sr-steps", "1"]
+    argv += ["--seed", "7", "--output", str(command), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+
+    pipeline = MMDiffusionPipeline(
+        load_bundled(cosine),
+        load_bundled(models["sr"]),
+        sampler=SamplerConfig("ddpm", 2),
+        sr_sampler=SamplerConfig("ddim", 1),
+    )
+    _, sound = load_clip(str(wav), require_video=False)
+    condition = ZeroShotCondition("audio", audio_from_int16(sound).unsqueeze(0))
+    drawn = pipeline(2, seed=7, batch_size=1, condition=condition)
+    library = tmp_path / "library"
+    for index in range(2):
+        write_sample(library, index, drawn.video[index], drawn.audio[index], drawn.video_sr[index])
+    names = sorted(path.name for path in command.iterdir())
+    assert len(names) == 2 * 4 and names == sorted(path.name for path in library.iterdir())
+    for name in names:
+        assert (command / name).read_bytes() == (library / name).read_bytes(), name
+    without_sr = MMDiffusionPipeline(pipeline.base, sampler=pipeline.sampler)
+    assert torch.equal(without_sr(1, seed=7, condition=condition).video[0], drawn.video[0])
+    assert not torch.equal(without_sr(1, seed=8, condition=condition).video[0], drawn.video[0])
+
+
 def test_released_checkpoint_loads_with_a_named_config(tmp_path):
     model = random_weights(CoupledUNet(CoupledUNetConfig.named("tiny")), 2)
     path = tmp_path / "released.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    loaded = load_network(str(path), "coupled_unet", "tiny", torch.device("cpu"))
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    loaded = resolve_model(str(path), "coupled_unet", released_config="tiny")
+    assert all(torch.equal(loaded.network.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert loaded.bundle.provenance.released_from == str(path)
+    assert loaded.bundle.provenance.diffusion_origin == "default" and loaded.bundle.diffusion.schedule == "linear"
     with pytest.raises(ValueError, match="does not fit CoupledUNet"):
-        load_network(str(path), "coupled_unet", "small", torch.device("cpu"))
+        resolve_model(str(path), "coupled_unet", released_config="small")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +229,7 @@ def test_unreadable_condition_file_is_named(tmp_path, models, capsys):
 
 def test_wrong_or_missing_models_are_named(tmp_path, models, capsys):
     assert main(["--model", str(models["sr"]), "--output", str(tmp_path)]) == 2
-    assert "is a SuperResUNet, expected a CoupledUNet" in capsys.readouterr().err
+    assert "is an SR U-Net, expected a coupled U-Net" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "missing.safetensors"), "--output", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmdiffusion.bundle import BundledModel
 from mmdiffusion.checkpoint import load_model, load_reference_checkpoint, save_model
-from mmdiffusion.sampling import SamplerConfig, super_res_diffusion, super_res_loss, upsample_video
+from mmdiffusion.sampling import SamplerConfig, super_res_loss, upsample_video
 from mmdiffusion.sr_unet import SuperResUNet, SuperResUNetConfig
 from tests import golden_data
 
@@ -57,7 +58,8 @@ def test_released_state_dict_with_a_wrong_config_names_the_mismatch(golden):
 
 
 def test_hybrid_loss_trains_both_eps_and_the_variance(small_sr):
-    diffusion = super_res_diffusion(small_sr.config)
+    diffusion = BundledModel.of(small_sr).diffusion
+    assert diffusion.config.learn_sigma  # the SR U-Net's six outputs hold a variance
     generator = torch.Generator().manual_seed(0)
     high = torch.rand(2, 3, 64, 64, generator=generator) * 2 - 1
     low = torch.nn.functional.avg_pool2d(high, 4)
@@ -73,7 +75,7 @@ def test_hybrid_loss_trains_both_eps_and_the_variance(small_sr):
 
 @pytest.mark.parametrize("sampler", [SamplerConfig("ddim", 3), SamplerConfig("ddpm", 3)], ids=lambda s: s.name)
 def test_upsampling_batches_frames_and_returns_clipped_frames(small_sr, sampler):
-    diffusion = super_res_diffusion(small_sr.config)
+    diffusion = BundledModel.of(small_sr).diffusion
     video = torch.rand(1, 3, 3, 16, 16) * 2 - 1
     calls = []
     model = lambda x, t, low_res: calls.append(len(x)) or small_sr(x, t, low_res=low_res)  # noqa: E731

@@ -31,12 +31,6 @@ def pipeline_shards(ray_runtime, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process training uses one intra-op thread, as a Ray Train worker with one CPU does:
-    on the shared 2-core machine, two spinning OpenMP threads make a step ~20× slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def in_process_training_uses_one_thread(one_torch_thread) -> None:
+    """In-process training uses one intra-op thread, as a Ray Train worker with one CPU does
+    (`tests.fixtures.torch_threads`)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pipeline.samples import frames_to_jpeg_strip, sr_member_name
+from pipeline.shard_format import frames_to_jpeg_strip, sr_member_name
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -62,3 +62,14 @@ def test_missing_data_or_no_shards_fail_before_any_worker_starts(tmp_path: Path,
     assert train_sr_main(["--data", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
     assert "no shard-NNNNNN.tar files" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # no trainer ever made its run folder
+
+
+def test_a_learned_variance_needs_a_network_that_predicts_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("diffusion_overrides: {learn_sigma: true}\n")
+    assert train_main(["--config", str(config_file), "--data", "d", "--output", "o"]) == 2
+    assert "learn_sigma=True does not fit a coupled U-Net" in capsys.readouterr().err
+    config_file.write_text(
+        "diffusion_overrides: {learn_sigma: true}\nmodel_overrides: {video_out_channels: 6, audio_out_channels: 2}\n"
+    )
+    assert parse(["--config", str(config_file), "--data", "d", "--output", "o"]).diffusion_config().learn_sigma

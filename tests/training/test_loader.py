@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.shard_format import DataError, SampleSpec, list_shards
 from tests.fixtures.s3_server import S3Server
 from tests.training.synthetic_shards import clip_arrays, write_shards
-from training.loader import ClipLoader, DataPosition, SampleSpec
-from training.shards import DataError, assign_shards, list_shards
+from training.loader import ClipLoader, DataPosition
+from training.shards import assign_shards
 
 FRAMES, SIZE, AUDIO = 16, 16, 2560
 SPEC = SampleSpec(frames=FRAMES, image_size=SIZE, audio_length=AUDIO)

@@ -10,13 +10,13 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from mmdiffusion.checkpoint import load_model, save_model
+from pipeline.shard_format import list_shards
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.training.synthetic_shards import write_shards
 from training.config import TrainConfig
 from training.loader import ClipLoader
 from training.loop import initialise_from
 from training.run import NonFiniteLossError, train, train_sr
-from training.shards import list_shards
 from training.state import MODEL_FILE, read_state
 from training.tasks import make_task
 

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from jobs.train import main as train_main
+from mmdiffusion import CoupledUNet
 from mmdiffusion.config import CoupledUNetConfig
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.s3_server import S3Server
+from tests.training.synthetic_shards import write_shards
 from training.config import TrainConfig
 from training.faults import CRASH_DRILL_VARIABLE, CrashDrill
-from training.model_store import load_model
+from training.resolver import resolve_model
 from training.run import TrainResult, train
 
 BUCKET = "training-test"
@@ -72,8 +76,10 @@ def metric_steps(server: MlflowServer, run_id: str, name: str) -> list[tuple[int
 def test_two_worker_run_on_pipeline_shards_registers_the_ema_model(ddp_run: DdpRun) -> None:
     assert ddp_run.result.step == CRASH_STEP
     assert ddp_run.result.registered_version == "1"
-    model = load_model(f"models:/{MODEL_NAME}/1")
-    assert model.config == CoupledUNetConfig.named("tiny")
+    model = resolve_model(f"models:/{MODEL_NAME}/1", "coupled_unet")
+    assert model.bundle.network == CoupledUNetConfig.named("tiny")
+    assert (model.bundle.provenance.run_id, model.bundle.provenance.step) == (ddp_run.result.mlflow_run_id, CRASH_STEP)
+    assert model.bundle.provenance.weights == "ema" and model.bundle.provenance.data_manifest_sha256 != "missing"
     run = MlflowClient(ddp_run.server.tracking_uri).get_run(ddp_run.result.mlflow_run_id)
     assert run.data.params["workers"] == "2" and run.data.params["data.manifest_sha256"] != "missing"
     assert len(run.data.params["git_commit"]) == 40
@@ -135,3 +141,44 @@ def test_rerun_with_the_same_name_resumes_the_step_count_and_the_mlflow_run(ddp_
     resumed = metric_steps(ddp_run.server, result.mlflow_run_id, "resumed_from_step")
     assert (CRASH_STEP, float(CRASH_STEP)) in resumed
     assert max(step for step, _ in metric_steps(ddp_run.server, result.mlflow_run_id, "loss")) == CRASH_STEP + 1
+
+
+def test_train_starts_from_a_released_checkpoint_named_on_the_command_line(
+    ray_runtime, mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = {"image_size": 16, "audio_length": 2560}
+    write_shards(tmp_path / "data", clips=1, clips_per_shard=1, frames=16, image_size=16, audio_length=2560)
+    (tmp_path / "run.yaml").write_text("model: tiny\nmodel_overrides: {image_size: 16, audio_length: 2560}\n")
+    torch.manual_seed(7)
+    released = CoupledUNet(CoupledUNetConfig.named("tiny", **small))
+    with torch.no_grad():
+        for parameter in released.parameters():
+            parameter.normal_(0.0, 0.05)  # nothing a fresh model would have
+    path = tmp_path / "released.pt"
+    torch.save({"state_dict": {f"module.{key}": value for key, value in released.state_dict().items()}}, path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    argv = [
+        "--config",
+        str(tmp_path / "run.yaml"),
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "runs"),
+    ]
+    argv += [
+        "--init-from",
+        str(path),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--lr",
+        "1e-9",
+        "--run-name",
+        "from-released",
+    ]
+    assert train_main(argv) == 0
+    trained = resolve_model(tmp_path / "runs" / "from-released", "coupled_unet", weights="raw")
+    assert trained.bundle.provenance.initialised_from == str(path) and trained.bundle.provenance.step == 1
+    for key, value in released.state_dict().items():  # one step of 1e-9 away from the released weights
+        assert torch.allclose(trained.network.state_dict()[key], value, atol=1e-6), key

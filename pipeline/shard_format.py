@@ -1,0 +1,204 @@
+"""The shard format, in one place: what `mmdiff preprocess` writes and training and evaluation read.
+
+A dataset is `DATA/shards/shard-NNNNNN.tar` (WebDataset tars) beside `DATA/manifest.parquet`.
+Each clip is one sample: `<key>.video.npy` (uint8 frames), `<key>.audio.npy` (int16 audio),
+`<key>.json` (metadata) and, for SR training, `<key>.video<S>.jpg` (the S×S frames as one JPEG
+strip). docs/data-format.md describes it for readers without this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from pipeline.storage import join, read_bytes, resolve
+
+SHARD_FOLDER = "shards"
+MANIFEST_FILE = "manifest.parquet"
+"""Beside the shards folder: one row per clip."""
+VIDEO_MEMBER = "video.npy"
+AUDIO_MEMBER = "audio.npy"
+METADATA_MEMBER = "json"
+SR_JPEG_QUALITY = 90
+"""JPEG quality (4:4:4 chroma) of the SR frames; measured quality and size in docs/data-format.md."""
+RGB = 3
+
+_SHARD_NAME = re.compile(r"^shard-(\d{6})\.tar$")
+
+
+class DataError(ValueError):
+    """A dataset cannot be used (missing path, no shards)."""
+
+
+# ---------------------------------------------------------------------- names
+def shard_name(number: int) -> str:
+    return f"shard-{number:06d}.tar"
+
+
+def shard_number(name: str) -> int | None:
+    """The number in a final shard name, None for anything else (temporaries included)."""
+    match = _SHARD_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def sr_member_name(size: int) -> str:
+    return f"video{size}.jpg"
+
+
+def source_id(uri: str) -> str:
+    """A stable 16-hex-digit name for a source (WebDataset keys may not contain dots)."""
+    return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:16]
+
+
+def sample_key(uri: str, clip_index: int) -> str:
+    return f"{source_id(uri)}-{clip_index:05d}"
+
+
+# ---------------------------------------------------------------------- encoding
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def frames_to_jpeg_strip(frames: np.ndarray, quality: int = SR_JPEG_QUALITY) -> bytes:
+    """Frames (F, S, S, 3) as one JPEG of F frames stacked top to bottom, (F*S, S, 3)."""
+    strip = frames.reshape(-1, *frames.shape[2:])
+    buffer = io.BytesIO()
+    Image.fromarray(strip).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
+def jpeg_strip_to_frames(data: bytes, size: int) -> np.ndarray:
+    """The inverse of `frames_to_jpeg_strip`: uint8 (F, size, size, 3)."""
+    strip = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return strip.reshape(-1, size, size, RGB)
+
+
+def encode_members(
+    video: np.ndarray, audio: np.ndarray, metadata: dict, video_sr: np.ndarray | None = None
+) -> dict[str, bytes]:
+    """The members of one sample, keyed by suffix (`__key__` excluded), in the order written:
+    uint8 frames [F, H, W, 3], int16 audio [1, L], the metadata and the SR frames if any."""
+    members = {
+        VIDEO_MEMBER: npy_bytes(video),
+        AUDIO_MEMBER: npy_bytes(audio),
+        METADATA_MEMBER: json.dumps(metadata, sort_keys=True).encode("utf-8"),
+    }
+    if video_sr is not None:
+        members[sr_member_name(video_sr.shape[1])] = frames_to_jpeg_strip(video_sr)
+    return members
+
+
+# ---------------------------------------------------------------------- decoding
+@dataclass(frozen=True)
+class SampleSpec:
+    """What a sample must hold: frames of `image_size` (and `sr_size`), audio of `audio_length`."""
+
+    frames: int
+    image_size: int
+    audio_length: int
+    sr_size: int | None = None
+    """Read the `video{sr_size}.jpg` frames (SR training) instead of video.npy and audio.npy."""
+
+
+def decode_sample(sample: dict[str, bytes], spec: SampleSpec) -> dict[str, np.ndarray]:
+    """The sample's uint8 frames `video` [F, H, W, 3] and int16 `audio` [1, L] (or the SR
+    frames `video_sr`), checked against `spec`; raises ValueError naming the member."""
+    key = sample.get("__key__", "?")
+    if spec.sr_size is not None:
+        member = sr_member_name(spec.sr_size)
+        if member not in sample:
+            raise ValueError(f"sample {key}: no {member} member (preprocess with --sr-size {spec.sr_size})")
+        frames = jpeg_strip_to_frames(sample[member], spec.sr_size)
+        _check(key, member, frames, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
+        return {"video_sr": frames}
+    arrays = {}
+    for name, member, shape, dtype in (
+        ("video", VIDEO_MEMBER, (spec.frames, spec.image_size, spec.image_size, RGB), np.uint8),
+        ("audio", AUDIO_MEMBER, (1, spec.audio_length), np.int16),
+    ):
+        if member not in sample:
+            raise ValueError(f"sample {key}: no {member} member")
+        arrays[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+        _check(key, member, arrays[name], shape, dtype)
+    return arrays
+
+
+def _check(key: str, member: str, array: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(
+            f"sample {key}: {member} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}"
+        )
+
+
+# ---------------------------------------------------------------------- datasets
+def exists(uri: str) -> bool:
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def shard_folder(data_uri: str, purpose: str = "training") -> str:
+    """The folder holding the shards: `DATA/shards` when it exists, else `DATA` itself.
+    `purpose` names the data in errors ("training data ...")."""
+    if not exists(data_uri):
+        raise DataError(f"{purpose} data {data_uri!r} does not exist")
+    nested = join(data_uri, SHARD_FOLDER)
+    return nested if exists(nested) else data_uri
+
+
+def list_shards(data_uri: str, purpose: str = "training") -> list[str]:
+    """Every `shard-NNNNNN.tar` of the dataset, in shard order, as URIs; raises when none."""
+    folder = shard_folder(data_uri, purpose)
+    fs, path = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = sorted(
+        info.base_name for info in infos if info.type == pafs.FileType.File and shard_number(info.base_name) is not None
+    )
+    if not names:
+        raise DataError(f"{purpose} data {data_uri!r}: no shard-NNNNNN.tar files in {folder!r}")
+    return [join(folder, name) for name in names]
+
+
+def read_samples(shard_uri: str, on_error: Callable[[Exception], None]) -> Iterator[dict[str, bytes]]:
+    """The samples of one shard (member suffix -> bytes, plus `__key__` and `__url__`), in
+    order. A shard that cannot be read (missing, truncated, not a tar) is reported to
+    `on_error` and read no further: the samples before the break are kept."""
+
+    def stop(error: Exception) -> bool:
+        on_error(error)
+        return False
+
+    try:
+        fs, path = resolve(shard_uri)
+        with fs.open_input_stream(path) as stream:
+            members = ({**member, "__url__": shard_uri} for member in tar_file_iterator(stream, handler=stop))
+            yield from group_by_keys(members, handler=stop)
+    except (OSError, tarfile.TarError) as error:
+        on_error(error)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    uri: str
+    sha256: str
+    """Hex digest of the manifest file, or "missing" when the dataset has none."""
+
+
+def manifest_info(data_uri: str) -> ManifestInfo:
+    """The dataset's manifest and its hash: which exact data a run trained or was evaluated
+    on. It lies in DATA, or in the parent when DATA is the shards folder itself."""
+    for candidate in (join(data_uri, MANIFEST_FILE), join(data_uri.rstrip("/").rsplit("/", 1)[0], MANIFEST_FILE)):
+        if exists(candidate):
+            return ManifestInfo(candidate, hashlib.sha256(read_bytes(candidate)).hexdigest())
+    return ManifestInfo(join(data_uri, MANIFEST_FILE), "missing")
