@@ -196,7 +196,8 @@ def test_the_default_diffusion_would_draw_other_samples_and_measure_another_loss
         # Far above a uint8 frame step (1/127.5) and an int16 audio step.
         assert (video - model.samples[0]).abs().max() > 0.05 and (audio - model.samples[1]).abs().max() > 0.05
         loss = held_out_loss(BundledModel.of(network, fallback), clips, FAST_CONFIG)["val_loss"]
-        assert abs(loss - model.loss["val_loss"]) > 1e-3
+        # The tests below compare logged losses exactly: any difference well above float noise is caught.
+        assert abs(loss - model.loss["val_loss"]) > 1e-5
 
 
 @pytest.mark.parametrize("form", FORMS)
