@@ -101,6 +101,9 @@ class Provenance:
     """The model the training run started from (its `--init-from`)."""
     released_from: str | None = None
     """The released checkpoint file the weights were read from."""
+    held_out_share: float | None = None
+    """The share of source videos the training run held out (hashed by source URI): the
+    clips that evaluation of this model should use."""
     diffusion_origin: DiffusionOrigin = "saved"
     """`saved`: the diffusion was stated by whoever saved the weights. `default`: nobody stated
     it and it is `default_diffusion` (a file written before bundles existed, a released

@@ -15,6 +15,7 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -62,6 +63,57 @@ def source_id(uri: str) -> str:
 
 def sample_key(uri: str, clip_index: int) -> str:
     return f"{source_id(uri)}-{clip_index:05d}"
+
+
+# ---------------------------------------------------------------------- splits
+Split = Literal["train", "held_out", "all"]
+SPLITS: tuple[str, ...] = ("train", "held_out", "all")
+DEFAULT_HELD_OUT_SHARE = 0.05
+"""Share of the sources held out from training when nobody says otherwise (50 of 1,000 videos)."""
+_SOURCE_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def source_position(key: str) -> float:
+    """Where the source of sample `key` lies in [0, 1): its source id (the key's prefix, a
+    SHA-1 of the source URI) read as a fraction. Keys whose prefix is not such an id (written
+    by other tools) are placed by the SHA-1 of the prefix."""
+    prefix = key.split("-", 1)[0]
+    if not _SOURCE_ID.match(prefix):
+        prefix = hashlib.sha1(prefix.encode("utf-8")).hexdigest()[:16]
+    return int(prefix, 16) / 16**16
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """One part of a dataset split by source video: a source is held out when its position
+    (`source_position`) is below `held_out_share`.
+
+    The split is a function of each source's URI alone, never of the other sources: reruns,
+    added data and any order of shards leave every source where it was, no source has clips
+    on both sides, and a larger share only moves sources from train to held-out. Moving the
+    corpus to other URIs gives new keys and so a new split, as it gives a new dataset.
+    """
+
+    part: Split = "train"
+    held_out_share: float = DEFAULT_HELD_OUT_SHARE
+
+    def __post_init__(self) -> None:
+        if self.part not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.part!r}")
+        if not 0.0 <= self.held_out_share < 1.0:
+            raise ValueError(f"held-out share must lie in [0, 1), got {self.held_out_share}")
+
+    def keeps(self, key: str) -> bool:
+        """Whether sample `key` belongs to this part."""
+        if self.part == "all":
+            return True
+        return (source_position(key) < self.held_out_share) == (self.part == "held_out")
+
+    def describe(self) -> str:
+        if self.part == "all":
+            return "all clips"
+        share = f"{self.held_out_share:.3g} of the sources held out"
+        return f"the {'held-out' if self.part == 'held_out' else 'training'} split ({share})"
 
 
 # ---------------------------------------------------------------------- encoding

@@ -31,6 +31,11 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "--register-as": ("register_as", str, "register the final EMA model under this MLflow model name"),
     "--init-from": ("init_from", str, "start from a model: " + MODEL_FORMS),
     "--experiment": ("experiment", str, "MLflow experiment name"),
+    "--held-out-share": (
+        "held_out_share",
+        float,
+        "share of the source videos held out from training, by a hash of each source's URI (default 0.05)",
+    ),
     "--seed": ("seed", int, "random seed"),
 }
 

@@ -18,6 +18,7 @@ from mmdiffusion.bundle import ModelBundle, default_diffusion
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
+from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit
 from training.ema import EMASchedule
 
 Task = Literal["coupled", "sr"]
@@ -64,6 +65,9 @@ class TrainConfig:
     flip: bool = True
     sr_frames_per_clip: int = 1
     """SR training: frames drawn from each clip per batch."""
+    held_out_share: float = DEFAULT_HELD_OUT_SHARE
+    """Share of the source videos held out from training (`pipeline.shard_format.DataSplit`):
+    training reads the others only; evaluation and validation read these."""
     seed: int = 0
     run_name: str = "mmdiff-train"
     experiment: str = "mmdiffusion"
@@ -101,6 +105,8 @@ class TrainConfig:
         problems.extend(self.ema_schedule().problems())
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.held_out_share < 1.0:
+            problems.append(f"held_out_share must lie in [0, 1), got {self.held_out_share}")
         low, high = self.worker_range
         if not 1 <= low <= high:
             problems.append(f"workers must be N >= 1 or MIN:MAX with 1 <= MIN <= MAX, got {self.workers}")
@@ -132,6 +138,12 @@ class TrainConfig:
             update_after_step=self.ema_update_after_step,
             min_decay=self.ema_min_decay,
         )
+
+    def training_split(self) -> DataSplit:
+        return DataSplit("train", self.held_out_share)
+
+    def held_out_split(self) -> DataSplit:
+        return DataSplit("held_out", self.held_out_share)
 
     def diffusion_config(self) -> DiffusionConfig:
         """The released diffusion for the network (the SR model predicts its variance too and

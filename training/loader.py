@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from pipeline.shard_format import DataError, SampleSpec, decode_sample, read_samples
+from pipeline.shard_format import DataError, DataSplit, SampleSpec, decode_sample, read_samples
 from training.shards import ShardAssignment, assign_shards
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class ClipLoader:
         flip: bool = True,
         seed: int = 0,
         position: DataPosition | None = None,
+        split: DataSplit | None = None,
     ) -> None:
         if not shards:
             raise DataError("no shards to load")
@@ -96,6 +97,8 @@ class ClipLoader:
         self.flip = flip
         self.seed = seed
         self.position = position or DataPosition()
+        self.split = split or DataSplit("all")
+        """Only the samples of this part are read (the training split, in training)."""
         self.counters = LoaderCounters()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -107,7 +110,7 @@ class ClipLoader:
             if batches == 0 and self.position.samples == 0:
                 raise DataError(
                     f"worker {self.rank}/{self.world_size}: epoch {self.position.epoch} gave no full batch of "
-                    f"{self.batch_size} clips from {len(self.shards)} shards "
+                    f"{self.batch_size} clips of {self.split.describe()} from {len(self.shards)} shards "
                     f"({self.counters.corrupt_samples} corrupt samples, {self.counters.unreadable_shards} unreadable shards)"
                 )
             self.position = DataPosition(epoch=self.position.epoch + 1)
@@ -152,6 +155,8 @@ class ClipLoader:
         index = 0
         for shard in assignment.shards:
             for sample in self._shard_samples(shard):
+                if not self.split.keeps(sample["__key__"]):
+                    continue
                 if index % assignment.sample_stride == assignment.sample_offset:
                     yield sample
                 index += 1

@@ -98,6 +98,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         flip=config.flip,
         seed=config.seed,
         position=position,
+        split=config.training_split(),
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
@@ -111,7 +112,12 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
     )
     # Provenance travels inside model files and MLflow artifacts: no credential in a URI.
     initialised_from = None if config.init_from is None else redact(config.init_from)
-    provenance = Provenance(state.mlflow_run_id, loop_inputs["manifest_sha256"], initialised_from=initialised_from)
+    provenance = Provenance(
+        state.mlflow_run_id,
+        loop_inputs["manifest_sha256"],
+        initialised_from=initialised_from,
+        held_out_share=config.held_out_share,
+    )
     bundle = ModelBundle.describe(trainee.model.config, task.diffusion.config, provenance)
     finished = False
     try:

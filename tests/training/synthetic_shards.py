@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pipeline.shard_format import frames_to_jpeg_strip, sr_member_name
+from pipeline.shard_format import frames_to_jpeg_strip, sample_key, sr_member_name
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -39,6 +39,12 @@ def clip_arrays(index: int, frames: int, image_size: int, audio_length: int, sr_
     return arrays
 
 
+def synthetic_key(index: int, clips_per_source: int = 1) -> str:
+    """The sample key of clip `index`, as preprocessing names clips: the id of its (made-up)
+    source video, `clips_per_source` consecutive clips to a source, and the clip's number."""
+    return sample_key(f"synthetic://source-{index // clips_per_source:05d}.mp4", index)
+
+
 def write_shards(
     folder: Path,
     clips: int,
@@ -49,6 +55,7 @@ def write_shards(
     audio_length: int,
     sr_size: int | None = None,
     corrupt_keys: tuple[int, ...] = (),
+    clips_per_source: int = 1,
 ) -> list[Path]:
     """`folder/shards/shard-NNNNNN.tar` with `clips` samples; the clips in `corrupt_keys`
     get a video member that is not an npy file."""
@@ -61,7 +68,7 @@ def write_shards(
             for index in range(first, min(first + clips_per_shard, clips)):
                 arrays = clip_arrays(index, frames, image_size, audio_length, sr_size)
                 sample = {
-                    "__key__": f"clip-{index:05d}",
+                    "__key__": synthetic_key(index, clips_per_source),
                     "video.npy": b"not an npy file" if index in corrupt_keys else _npy(arrays["video"]),
                     "audio.npy": _npy(arrays["audio"]),
                     "json": b'{"clip_index": %d}' % index,

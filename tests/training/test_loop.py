@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from mmdiffusion.checkpoint import load_model, save_model
-from pipeline.shard_format import list_shards
+from pipeline.shard_format import DataError, list_shards, source_position
 from tests.fixtures.mlflow_server import MlflowServer
-from tests.training.synthetic_shards import write_shards
+from tests.training.synthetic_shards import synthetic_key, write_shards
 from training.config import TrainConfig
 from training.loader import ClipLoader
 from training.loop import initialise_from
@@ -132,6 +132,7 @@ def test_train_sr_trains_on_the_pipelines_256_frames(
 ) -> None:
     config = TrainConfig(
         data=str(pipeline_shards),
+        held_out_share=0.0,  # two videos under temporary paths: hold none out, or a worker may get none
         output=str(tmp_path / "out"),
         task="sr",
         model="tiny",
@@ -170,3 +171,12 @@ def test_corrupt_samples_are_skipped_counted_and_kept_in_the_checkpoint(
     result = train(small_config(tmp_path, mlflow_server.tracking_uri, steps=2), in_process=True)
     assert result.step == 2 and result.metrics["corrupt_samples"] >= 1
     assert read_state(Path(result.checkpoint)).corrupt_samples == result.metrics["corrupt_samples"]
+
+
+def test_training_reads_the_training_split_only(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    """With both sources of the data held out, training has nothing to read: the loop does use
+    the split (and says which one it read when it finds nothing)."""
+    share = max(source_position(synthetic_key(index)) for index in range(2)) + 1e-6
+    config = small_config(tmp_path, mlflow_server.tracking_uri, held_out_share=share, steps=1)
+    with pytest.raises(DataError, match="the training split"):
+        train(config, in_process=True)
