@@ -151,7 +151,13 @@ def trained(
                 "coupled_unet",
                 config.model_config(),
                 DiffusionConfig(**{"learn_sigma": False, **diffusion}),
-                Provenance(result.mlflow_run_id, manifest, step=STEPS, weights="ema"),
+                Provenance(
+                    result.mlflow_run_id,
+                    manifest,
+                    step=STEPS,
+                    weights="ema",
+                    held_out_share=config.held_out_share,
+                ),
             )
             network = load_bundled(uris["file"]).network
             samples = _draw(network, bundle.diffusion, sampler)
