@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmdiffusion.bundle import describe_bundle
+from mmdiffusion.bundle import BundledModel, describe_bundle
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
+from pipeline.shard_format import SPLITS
 from training.evaluation import (
     METRICS,
     EvaluationConfig,
@@ -17,6 +18,7 @@ from training.evaluation import (
     evaluate,
     log_evaluation,
     read_reference_clips,
+    split_for,
 )
 from training.resolver import MODEL_FORMS, resolve_model
 
@@ -27,6 +29,13 @@ def add_evaluation_arguments(
     """Options shared by `evaluate` and `promote`: what data, which metrics, how."""
     parser.add_argument(
         "--data", required=data_required, help="dataset folder or s3:// URI holding shards/shard-NNNNNN.tar"
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="held_out",
+        help="which part of the data split by source video: held_out (default; the share the model was "
+        "trained with, from its bundle, else the default), train or all",
     )
     parser.add_argument(
         "--num",
@@ -83,6 +92,17 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
     )
 
 
+def check_weights(model: BundledModel, wanted: str) -> None:
+    """A model whose bundle names other weights than `wanted` is an error: an MLflow model or a
+    single file holds one set, and only a checkpoint or run folder holds both."""
+    held = model.bundle.provenance.weights
+    if held is not None and held != wanted:
+        raise ValueError(
+            f"model {model.source!r} holds {held} weights, not {wanted}; "
+            "only a checkpoint or run folder holds both (or name its ema.safetensors / model.safetensors)"
+        )
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """Metrics as a text table: one row per model, one column per metric."""
     columns = sorted({name for values in rows.values() for name in values})
@@ -107,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help=f"the coupled U-Net: {MODEL_FORMS}")
     parser.add_argument("--config", default="paper", help="named config of a released .pt model (default: paper)")
     add_evaluation_arguments(parser, default_metrics="val_loss")
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default="ema",
+        help="a checkpoint or run folder's EMA (default) or raw (optimizer's) weights",
+    )
     parser.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
     return parser
 
@@ -115,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = evaluation_config(args)
-        clips = read_reference_clips(args.data, config.num_samples)
-        model = resolve_model(args.model, "coupled_unet", released_config=args.config, device=args.device)
+        model = resolve_model(
+            args.model, "coupled_unet", released_config=args.config, weights=args.weights, device=args.device
+        )
+        check_weights(model, args.weights)
+        clips = read_reference_clips(args.data, config.num_samples, split_for(args.split, model.bundle))
         result: EvaluationResult = evaluate(model, clips, config)
     except (ValueError, FileNotFoundError, EvaluationDataError) as error:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)
@@ -124,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table({args.model: result.metrics}))
     print(f"{args.model}: {describe_bundle(model.bundle)}")
     print(
-        f"{result.num_clips} reference clips from {result.data_uri} (digest {result.data_digest})"
+        f"{result.num_clips} reference clips of {result.split.describe()} from {result.data_uri} "
+        f"(digest {result.data_digest}); {result.weights} weights"
         + (f"; {len(result.skipped)} skipped: {result.skipped[:3]}" if result.skipped else "")
     )
     if not args.no_log:

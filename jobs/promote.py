@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from jobs.evaluate import add_evaluation_arguments, evaluation_config, format_table
-from training.evaluation import METRICS, EvaluationDataError, evaluate, read_reference_clips
+from training.evaluation import METRICS, EvaluationDataError, evaluate, read_reference_clips, split_for
 from training.registry import Evidence, PromotionPolicy, RegistryError, get_version, promote, rollback, version_of_run
 from training.resolver import resolve_model
 
@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.version
             else version_of_run(client, args.name, args.run_id)
         )
-        clips = read_reference_clips(args.data, config.num_samples)
+        candidate_model = resolve_model(
+            f"models:/{candidate.name}/{candidate.version}", "coupled_unet", device=args.device
+        )
+        clips = read_reference_clips(args.data, config.num_samples, split_for(args.split, candidate_model.bundle))
         evidence = Evidence(clips.data_uri, clips.digest, clips.manifest_sha256, config.settings_digest())
         evaluated: dict[str, dict[str, float]] = {}
 

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from mmdiffusion import BundledModel, save_model
 from mmdiffusion.sampling import SamplerConfig
+from pipeline.shard_format import DataSplit
 from tests.evaluation.conftest import ReferenceShards, micro_model
 from training.evaluation import (
     EVALUATION_EXPERIMENT,
@@ -20,6 +21,7 @@ from training.evaluation import (
     held_out_loss,
     log_evaluation,
     read_reference_clips,
+    split_for,
 )
 from training.model_store import log_model
 from training.resolver import model_source_run
@@ -28,18 +30,26 @@ FAST = {"num_samples": 1, "loss_timesteps": (300,), "batch_size": 1}
 """One clip, one network call per held-out loss: the micro model takes seconds per clip on a busy CPU."""
 
 
-def test_reference_clips_come_in_shard_order_and_a_broken_sample_is_skipped_and_named(
+def test_reference_clips_come_from_the_held_out_split_in_shard_order_and_a_broken_sample_is_named(
     reference_shards: ReferenceShards,
 ) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=10)
-    assert clips.keys == list(reference_shards.good_keys)
+    assert clips.keys == list(reference_shards.held_out_keys) and clips.split == DataSplit("held_out")
     assert clips.video.shape == (4, 16, 64, 64, 3) and clips.video.dtype == np.uint8
     assert clips.audio.shape == (4, 1, 25600) and np.abs(clips.audio).max() <= 1.0
     assert (
         len(clips.skipped) == 1 and reference_shards.broken_key in clips.skipped[0] and "video.npy" in clips.skipped[0]
     )
     first_two = read_reference_clips(str(reference_shards.root / "shards"), limit=2)
-    assert first_two.keys == list(reference_shards.good_keys[:2]) and first_two.digest != clips.digest
+    assert first_two.keys == list(reference_shards.held_out_keys[:2]) and first_two.digest != clips.digest
+    every = read_reference_clips(str(reference_shards.root), limit=10, split=DataSplit("all"))
+    assert every.keys == list(reference_shards.good_keys)
+    training = read_reference_clips(str(reference_shards.root), limit=10, split=DataSplit("train"))
+    assert training.keys == list(reference_shards.train_keys) and not training.skipped  # the broken one is held out
+    # A larger share moves sources from training to held-out: all of them here.
+    assert read_reference_clips(str(reference_shards.root), 10, split_for("held_out", None, 0.999)).keys == every.keys
+    with pytest.raises(EvaluationDataError, match="no usable clips in the held-out split"):
+        read_reference_clips(str(reference_shards.root), 10, split_for("held_out", None, 0.0))
 
 
 def test_missing_or_empty_data_is_a_clear_error(tmp_path) -> None:

@@ -2,7 +2,7 @@
 the held-out loss and FVD, KVD, FAD of the model's samples) and logging (`mlflow_runs`)."""
 
 from training.evaluation.mlflow_runs import EVALUATION_EXPERIMENT, log_evaluation
-from training.evaluation.reference import EvaluationDataError, ReferenceClips, read_reference_clips
+from training.evaluation.reference import EvaluationDataError, ReferenceClips, read_reference_clips, split_for
 from training.evaluation.scoring import (
     METRICS,
     EvaluationConfig,
@@ -28,4 +28,5 @@ __all__ = [
     "held_out_loss",
     "log_evaluation",
     "read_reference_clips",
+    "split_for",
 ]

@@ -29,7 +29,8 @@ from mmdiffusion.metrics import (
 )
 from mmdiffusion.pipeline import MMDiffusionPipeline
 from mmdiffusion.sampling import SamplerConfig
-from training.evaluation.reference import EvaluationDataError, ReferenceClips
+from pipeline.shard_format import DataSplit
+from training.evaluation.reference import HELD_OUT, EvaluationDataError, ReferenceClips
 
 METRICS = ("val_loss", "fvd", "kvd", "fad")
 """All lower-is-better."""
@@ -92,6 +93,13 @@ class EvaluationResult:
     skipped: list[str]
     bundle: ModelBundle | None = None
     """The evaluated model's bundle: its diffusion is the one the numbers were measured with."""
+    split: DataSplit = HELD_OUT
+    """The part of the data the reference clips came from."""
+
+    @property
+    def weights(self) -> str:
+        """Which weights were scored: `ema`, `raw`, or `unknown` when the model does not say."""
+        return (self.bundle.provenance.weights if self.bundle is not None else None) or "unknown"
 
 
 _Work = tuple[int, int, torch.Tensor, torch.Tensor]
@@ -221,6 +229,7 @@ def evaluate(
         len(clips),
         list(clips.skipped),
         model.bundle,
+        clips.split,
     )
 
 
