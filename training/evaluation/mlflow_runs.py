@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.credentials import redacted
+from training.evaluation.provenance import MetricProvenance
 from training.evaluation.scoring import EvaluationConfig, EvaluationResult
 from training.resolver import model_source_run
 
 EVALUATION_EXPERIMENT = "mmdiff-evaluation"
 """Where evaluation runs go when the evaluated model has no run of its own (a local file)."""
+PROVENANCE_PARAM = "provenance."
+"""`provenance.<metric>`: the JSON of the metric's `MetricProvenance`."""
+UNSTABLE_TAG = "mmdiff.eval.unstable_metrics"
+"""Comma-separated metrics computed on fewer clips than they need to be stable."""
 BUNDLE_ARTIFACT = "evaluation/model_bundle.json"
 SKIPPED_ARTIFACT = "evaluation/skipped.json"
 
@@ -43,6 +48,10 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
         "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
         "noise_seed": config.noise_seed,
     }
+    params.update({PROVENANCE_PARAM + metric: value.to_json() for metric, value in result.provenance.items()})
+    unstable = [metric for metric, value in result.provenance.items() if not value.stable]
+    if unstable:
+        tags[UNSTABLE_TAG] = ",".join(unstable)
     if result.bundle is not None:
         params.update({f"diffusion.{key}": value for key, value in asdict(result.bundle.diffusion).items()})
         params["diffusion.origin"] = result.bundle.provenance.diffusion_origin
@@ -56,3 +65,15 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
         if result.skipped:
             mlflow.log_dict({"skipped": result.skipped}, SKIPPED_ARTIFACT)
         return run.info.run_id
+
+
+def logged_provenance(run_id: str) -> dict[str, MetricProvenance]:
+    """The provenance of every metric of the evaluation run `run_id`, as logged."""
+    import mlflow
+
+    params = mlflow.MlflowClient().get_run(run_id).data.params
+    return {
+        key.removeprefix(PROVENANCE_PARAM): MetricProvenance.from_json(value)
+        for key, value in params.items()
+        if key.startswith(PROVENANCE_PARAM)
+    }

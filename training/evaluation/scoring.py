@@ -22,18 +22,44 @@ from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.media import video_from_uint8, video_to_uint8
 from mmdiffusion.metrics import (
     ExtractorConfig,
+    audio_feature_source,
     build_audio_extractor,
     build_video_extractor,
     frechet_distance_of_features,
     mmd2_unbiased,
+    video_feature_source,
 )
 from mmdiffusion.pipeline import MMDiffusionPipeline
 from mmdiffusion.sampling import SamplerConfig
 from pipeline.shard_format import DataSplit
+from training.evaluation.provenance import MIN_STABLE_N, MetricProvenance
 from training.evaluation.reference import HELD_OUT, EvaluationDataError, ReferenceClips
 
 METRICS = ("val_loss", "fvd", "kvd", "fad")
-"""All lower-is-better."""
+"""What `--metrics` names; each reports the values of `REPORTED`."""
+REPORTED: dict[str, tuple[str, ...]] = {
+    "val_loss": ("val_loss", "val_video_loss", "val_audio_loss"),
+    "fvd": ("fvd",),
+    "kvd": ("kvd",),
+    "fad": ("fad",),
+}
+"""The values each metric reports: the first is the metric itself, the others stand beside it."""
+HIGHER_IS_BETTER: frozenset[str] = frozenset()
+"""Metrics for which higher is better; every other one is lower-is-better."""
+
+
+def metric_mode(metric: str) -> str:
+    """`max` for a higher-is-better metric, else `min`."""
+    return "max" if metric in HIGHER_IS_BETTER else "min"
+
+
+def reported_by(name: str) -> str:
+    """The metric that reports the value `name` (e.g. `val_loss` for `val_video_loss`)."""
+    for metric, names in REPORTED.items():
+        if name in names:
+            return metric
+    raise ValueError(f"{name!r} is not a value any metric reports; metrics: {', '.join(METRICS)}")
+
 
 Generator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """`generate(n) -> (video uint8 [n, F, H, W, 3], audio float [n, 1, L] in [-1, 1])`."""
@@ -91,6 +117,8 @@ class EvaluationResult:
     settings_digest: str
     num_clips: int
     skipped: list[str]
+    provenance: dict[str, MetricProvenance] = field(default_factory=dict)
+    """Per metric of the evaluation (not per reported value): where its values come from."""
     bundle: ModelBundle | None = None
     """The evaluated model's bundle: its diffusion is the one the numbers were measured with."""
     split: DataSplit = HELD_OUT
@@ -228,9 +256,61 @@ def evaluate(
         config.settings_digest(),
         len(clips),
         list(clips.skipped),
+        metric_provenance(config, clips),  # `_check_generated`: one sample per clip
         model.bundle,
         clips.split,
     )
+
+
+def describe_split(split: DataSplit) -> str:
+    return "all" if split.part == "all" else f"{split.part} {split.held_out_share:g}"
+
+
+def metric_provenance(config: EvaluationConfig, clips: ReferenceClips) -> dict[str, MetricProvenance]:
+    """The provenance of every metric of `config` evaluated on `clips`, one sample per clip.
+    Computed without evaluating, so that recorded values can be checked against what an
+    evaluation now would give."""
+    num_generated = len(clips)
+    sampler = config.sampler
+    reference = {
+        "num_reference": len(clips),
+        "reference_split": describe_split(clips.split),
+        "reference_manifest_sha256": clips.manifest_sha256,
+        "reference_digest": clips.digest,
+    }
+    sampling = {
+        "num_generated": num_generated,
+        "sampler": f"{sampler.name} {sampler.num_steps} steps" + (f", eta {sampler.eta:g}" if sampler.eta else ""),
+        "settings": f"seed {config.noise_seed}; batch {config.batch_size}",
+    }
+    provenance = {}
+    for metric in config.metrics:
+        if metric == "val_loss":
+            values = {
+                "extractor": "diffusion-loss",
+                "extractor_weights_sha256": "none",
+                "feature_layer": "ε-prediction MSE per modality",
+                "sample_rate": "-",
+                "resize": "-",
+                "num_generated": 0,
+                "sampler": "none",
+                "settings": f"timesteps {','.join(map(str, config.loss_timesteps))}; seed {config.noise_seed}; "
+                f"batch {config.batch_size}",
+            }
+        else:
+            source = (
+                audio_feature_source(config.extractors) if metric == "fad" else video_feature_source(config.extractors)
+            )
+            values = {
+                "extractor": source.extractor,
+                "extractor_weights_sha256": source.weights_sha256,
+                "feature_layer": source.layer,
+                "sample_rate": source.sample_rate,
+                "resize": source.resize,
+                **sampling,
+            }
+        provenance[metric] = MetricProvenance(metric, **values, **reference, stable=len(clips) >= MIN_STABLE_N[metric])  # type: ignore[arg-type]
+    return provenance
 
 
 def _check_generated(video: np.ndarray, audio: np.ndarray, clips: ReferenceClips) -> None:
