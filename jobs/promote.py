@@ -59,19 +59,26 @@ class RegistryEvaluator:
             self._models[uri] = resolve_model(uri, "coupled_unet", device=self.device)
         return self._models[uri]
 
-    def clips(self, version: ModelVersion) -> ReferenceClips:
-        split = split_for(self.part, self.model(version).bundle, self.held_out_share)  # type: ignore[arg-type]
+    def clips(self, version: ModelVersion, part: str | None = None) -> ReferenceClips:
+        """Its reference clips (`part`: another part of its split, e.g. `train`)."""
+        split = split_for(part or self.part, self.model(version).bundle, self.held_out_share)  # type: ignore[arg-type]
         if split not in self._clips:
-            self._clips[split] = read_reference_clips(self.data, self.config.num_samples, split)
+            limit = self.config.training_clips if part == "train" else self.config.num_samples
+            self._clips[split] = read_reference_clips(self.data, limit, split)
         return self._clips[split]
 
+    def training(self, version: ModelVersion) -> ReferenceClips | None:
+        """Its training split's clips, when memorisation is gated."""
+        if "memorisation" not in self.config.metrics:
+            return None
+        return self.clips(version, "train")
+
     def expected_provenance(self, version: ModelVersion) -> dict[str, str]:
-        return {
-            metric: value.to_json() for metric, value in metric_provenance(self.config, self.clips(version)).items()
-        }
+        provenance = metric_provenance(self.config, self.clips(version), self.training(version))
+        return {metric: value.to_json() for metric, value in provenance.items()}
 
     def __call__(self, version: ModelVersion) -> Evidence:
-        result = evaluate(self.model(version), self.clips(version), self.config)
+        result = evaluate(self.model(version), self.clips(version), self.config, training=self.training(version))
         self.evaluated[f"{version.name} v{version.version}"] = result.metrics
         for value in result.provenance.values():
             if (warning := stability_warning(value)) is not None and warning not in self.warnings:

@@ -5,6 +5,7 @@ from training.evaluation.mlflow_runs import EVALUATION_EXPERIMENT, log_evaluatio
 from training.evaluation.provenance import MIN_STABLE_N, MetricProvenance, stability_warning
 from training.evaluation.reference import EvaluationDataError, ReferenceClips, read_reference_clips, split_for
 from training.evaluation.scoring import (
+    CONDITIONS,
     METRICS,
     REPORTED,
     EvaluationConfig,
@@ -20,6 +21,7 @@ from training.evaluation.scoring import (
 )
 
 __all__ = [
+    "CONDITIONS",
     "EVALUATION_EXPERIMENT",
     "METRICS",
     "MIN_STABLE_N",

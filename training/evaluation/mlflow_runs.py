@@ -17,6 +17,8 @@ UNSTABLE_TAG = "mmdiff.eval.unstable_metrics"
 """Comma-separated metrics computed on fewer clips than they need to be stable."""
 BUNDLE_ARTIFACT = "evaluation/model_bundle.json"
 SKIPPED_ARTIFACT = "evaluation/skipped.json"
+FIGURES_FOLDER = "evaluation/memorisation"
+"""The memorisation score's worst cases, as PNG: generated frames over the nearest training clip's."""
 
 
 def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationConfig) -> str:
@@ -47,6 +49,7 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
         "metrics": ",".join(config.metrics),
         "loss_timesteps": ",".join(map(str, config.loss_timesteps)),
         "noise_seed": config.noise_seed,
+        "condition": config.condition or "none",
     }
     params.update({PROVENANCE_PARAM + metric: value.to_json() for metric, value in result.provenance.items()})
     unstable = [metric for metric, value in result.provenance.items() if not value.stable]
@@ -62,6 +65,8 @@ def log_evaluation(result: EvaluationResult, model_uri: str, config: EvaluationC
         mlflow.log_params(redacted(params))
         if result.bundle is not None:
             mlflow.log_dict(result.bundle.to_dict(), BUNDLE_ARTIFACT)
+        for name, image in result.figures.items():
+            mlflow.log_image(image, artifact_file=f"{FIGURES_FOLDER}/{name}")
         if result.skipped:
             mlflow.log_dict({"skipped": result.skipped}, SKIPPED_ARTIFACT)
         return run.info.run_id
