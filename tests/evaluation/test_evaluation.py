@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from jobs import evaluate as evaluate_job
 from mmdiffusion import BundledModel, save_model
 from mmdiffusion.metrics.weights import YAMNET_W8A8, shipped_weights_path
 from mmdiffusion.sampling import SamplerConfig
@@ -20,6 +22,8 @@ from training.evaluation import (
     EvaluationConfig,
     EvaluationDataError,
     EvaluationResult,
+    SamplerGenerator,
+    condition_of,
     distribution_metrics,
     evaluate,
     held_out_loss,
@@ -179,3 +183,36 @@ def test_reference_clips_read_from_s3_are_the_local_ones(
     assert remote.keys == local.keys and remote.digest == local.digest
     assert np.array_equal(remote.video, local.video) and np.array_equal(remote.audio, local.audio)
     assert len(remote.skipped) == 1 and reference_shards.broken_key in remote.skipped[0]
+
+
+def test_zero_shot_evaluation_generates_the_other_modality_of_each_held_out_clip(
+    reference_shards: ReferenceShards, embedded_tracking_uri: str, capsys: pytest.CaptureFixture, tmp_path
+) -> None:
+    clips = read_reference_clips(str(reference_shards.root), limit=2)
+    model = BundledModel.of(micro_model(seed=0, perturbed=True))
+    config = EvaluationConfig(
+        metrics=("sync", "fad"), sampler=SamplerConfig("ddim", 1), num_samples=2, batch_size=2, condition="video"
+    )
+    generate = SamplerGenerator(model, config.sampler, 0, 2, condition_of(config, clips))
+    video, audio = generate(2)
+    assert np.array_equal(video, clips.video)  # v→a: each clip's own video is the condition
+    assert np.abs(audio - clips.audio).mean() > 0.1  # and its audio is generated
+    result = evaluate(model, clips, config, generate=lambda n: (video, audio))
+    assert result.provenance["fad"].condition == "video" and result.provenance["sync"].condition == "video"
+    joint = evaluate(model, clips, dataclasses.replace(config, condition=None))
+    assert joint.metrics["fad"] != result.metrics["fad"]
+    with pytest.raises(ValueError, match="fad would measure the condition itself"):
+        EvaluationConfig(metrics=("fad",), num_samples=2, condition="audio")
+
+    local = str(save_model(tmp_path / "model.safetensors", micro_model(seed=0)))
+    argv = ["--model", local, "--data", str(reference_shards.root), "--num", "2", "--batch-size", "2"]
+    assert (
+        evaluate_job.main(
+            [*argv, "--metrics", "sync", "--condition", "audio", "--sampler", "ddim", "--sampler-steps", "1"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    logged = MlflowClient().get_run(re.search(r"logged to MLflow run (\w+)", printed)[1]).data
+    assert logged.params["condition"] == "audio" and "condition audio" in printed
+    assert {"sync", "sync_reference", "sync_mismatched"} <= set(logged.metrics)
