@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
@@ -247,10 +249,40 @@ class ManifestInfo:
     """Hex digest of the manifest file, or "missing" when the dataset has none."""
 
 
-def manifest_info(data_uri: str) -> ManifestInfo:
-    """The dataset's manifest and its hash: which exact data a run trained or was evaluated
-    on. It lies in DATA, or in the parent when DATA is the shards folder itself."""
+def manifest_uri(data_uri: str) -> str | None:
+    """The dataset's manifest: in DATA, or in the parent when DATA is the shards folder itself,
+    or DATA when it names a .parquet file; None when there is none."""
+    if data_uri.endswith(".parquet"):
+        return data_uri if exists(data_uri) else None
     for candidate in (join(data_uri, MANIFEST_FILE), join(data_uri.rstrip("/").rsplit("/", 1)[0], MANIFEST_FILE)):
         if exists(candidate):
-            return ManifestInfo(candidate, hashlib.sha256(read_bytes(candidate)).hexdigest())
-    return ManifestInfo(join(data_uri, MANIFEST_FILE), "missing")
+            return candidate
+    return None
+
+
+def manifest_info(data_uri: str) -> ManifestInfo:
+    """The dataset's manifest and its hash: which exact data a run trained or was evaluated on."""
+    uri = manifest_uri(data_uri)
+    if uri is None:
+        return ManifestInfo(join(data_uri, MANIFEST_FILE), "missing")
+    return ManifestInfo(uri, hashlib.sha256(read_bytes(uri)).hexdigest())
+
+
+def read_manifest(data_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The manifest table of a dataset (folder, shards folder or s3:// prefix) or of a manifest
+    file, all columns or those named; FileNotFoundError naming where it was looked for."""
+    fs, path = _locate_manifest(data_uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def manifest_schema(data_uri: str) -> pa.Schema:
+    """The manifest's columns, read from the file's footer alone."""
+    fs, path = _locate_manifest(data_uri)
+    return pq.read_schema(path, filesystem=fs)
+
+
+def _locate_manifest(data_uri: str) -> tuple[pafs.FileSystem, str]:
+    uri = manifest_uri(data_uri)
+    if uri is None:
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {data_uri} (or beside it)")
+    return resolve(uri)

@@ -68,6 +68,10 @@ class TrainConfig:
     held_out_share: float = DEFAULT_HELD_OUT_SHARE
     """Share of the source videos held out from training (`pipeline.shard_format.DataSplit`):
     training reads the others only; evaluation and validation read these."""
+    filter: str | None = None
+    """Train only on the manifest rows this expression keeps (`training.selection`), e.g.
+    `audio_rms_db > -50 and scene_cuts == 0 and duplicate_of is null`; checked against the
+    manifest's columns before any worker starts."""
     seed: int = 0
     run_name: str = "mmdiff-train"
     experiment: str = "mmdiffusion"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +85,7 @@ class ClipLoader:
         seed: int = 0,
         position: DataPosition | None = None,
         split: DataSplit | None = None,
+        selected: Container[str] | None = None,
     ) -> None:
         if not shards:
             raise DataError("no shards to load")
@@ -99,6 +100,8 @@ class ClipLoader:
         self.position = position or DataPosition()
         self.split = split or DataSplit("all")
         """Only the samples of this part are read (the training split, in training)."""
+        self.selected = selected
+        """When given, only the samples whose keys it contains (a `--filter` selection)."""
         self.counters = LoaderCounters()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -155,11 +158,14 @@ class ClipLoader:
         index = 0
         for shard in assignment.shards:
             for sample in self._shard_samples(shard):
-                if not self.split.keeps(sample["__key__"]):
+                if not self.keeps(sample["__key__"]):
                     continue
                 if index % assignment.sample_stride == assignment.sample_offset:
                     yield sample
                 index += 1
+
+    def keeps(self, key: str) -> bool:
+        return self.split.keeps(key) and (self.selected is None or key in self.selected)
 
     def _shard_samples(self, shard: str) -> Iterator[dict[str, bytes]]:
         """The samples of one shard; a shard that cannot be read is skipped and counted."""
