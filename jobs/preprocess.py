@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         default=PreprocessConfig.videos_per_shard,
         help="videos decoded into one shard (the unit of resumable work)",
     )
+    parser.add_argument(
+        "--no-signals",
+        dest="signals",
+        action="store_false",
+        help="skip the curation signals and near-duplicate marking (on by default; docs/curation.md)",
+    )
     return parser
 
 
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             sr_size=args.sr_size,
             max_clips_per_video=args.max_clips_per_video,
             videos_per_shard=args.videos_per_shard,
+            signals=args.signals,
         )
         stats = preprocess(config)
     except ValueError as error:

@@ -26,6 +26,9 @@ class PreprocessConfig:
     max_clips_per_video: int | None = None
     videos_per_shard: int = 32
     """Sources decoded into one shard (one unit of resumable work)."""
+    signals: bool = True
+    """Curation signals of every clip in the manifest and its json, and near-duplicates marked
+    at the end of the run (`pipeline.signals`, `pipeline.dedup`)."""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -46,6 +49,7 @@ class PreprocessConfig:
             stride_frames=round(self.stride * FPS),
             max_clips=self.max_clips_per_video,
             sr_size=self.sr_size,
+            signals=self.signals,
         )
 
 
@@ -70,6 +74,8 @@ class PreprocessStats:
     """CPU time the workers spent on this run's units."""
     clips_total: int
     """Clips in the whole output (manifest.parquet), earlier runs included."""
+    duplicates: int = 0
+    """Clips of the whole output marked as near-duplicates of another (`duplicate_of`)."""
 
     @property
     def clips_per_second(self) -> float:

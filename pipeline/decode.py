@@ -49,6 +49,8 @@ class ClipOptions:
     sr_size: int | None = None
     require_video: bool = True
     start_seconds: float = 0.0
+    signals: bool = True
+    """Compute each clip's curation signals (`pipeline.signals`) from its decoded frames and samples."""
 
 
 @dataclass(frozen=True)

@@ -110,5 +110,4 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
         cpu_seconds=round(sum(record.cpu_seconds for record in new), 3),
         clips_total=sum(len(record.clips) for record in records),
     )
-    write_outputs(config.output, records, stats)
-    return stats
+    return write_outputs(config.output, records, stats)

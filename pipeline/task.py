@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from pipeline.decode import Clip, ClipOptions, open_source
 from pipeline.errors import MediaError, Reason
-from pipeline.samples import encode_sample
+from pipeline.samples import clip_signals, encode_sample
 from pipeline.shard_format import sample_key
 from pipeline.shards import ShardWriter, shard_name
 from pipeline.storage import join, write_atomically
@@ -68,7 +68,8 @@ def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[l
         info, clips = open_source(uri, options)
         for clip in decoding_failures_as_media_errors(clips, uri):
             key = sample_key(uri, clip.index)
-            writer.write(key, encode_sample(clip, info))
+            signals = clip_signals(clip, info, options.resize) if options.signals else None
+            writer.write(key, encode_sample(clip, info, signals))
             rows.append(
                 {
                     "key": key,
@@ -78,6 +79,7 @@ def write_source(writer: ShardWriter, uri: str, options: ClipOptions) -> tuple[l
                     "start_seconds": clip.start_seconds,
                     "source_fps": info.fps,
                     "source_sample_rate": info.sample_rate,
+                    **(signals.as_json() if signals else {}),  # the record is JSON: fingerprints as hex
                 }
             )
     except MediaError as error:
