@@ -33,6 +33,9 @@ METADATA_MEMBER = "json"
 SR_JPEG_QUALITY = 90
 """JPEG quality (4:4:4 chroma) of the SR frames; measured quality and size in docs/data-format.md."""
 RGB = 3
+READ_BLOCK_BYTES = 8 * 2**20
+"""Shards are read in blocks of this size: tar reads 10,240 bytes at a time, and on object
+storage each unbuffered read is one ranged GET (docs/data-format.md, "Reading")."""
 
 _SHARD_NAME = re.compile(r"^shard-(\d{6})\.tar$")
 
@@ -222,10 +225,13 @@ def list_shards(data_uri: str, purpose: str = "training") -> list[str]:
     return [join(folder, name) for name in names]
 
 
-def read_samples(shard_uri: str, on_error: Callable[[Exception], None]) -> Iterator[dict[str, bytes]]:
+def read_samples(
+    shard_uri: str, on_error: Callable[[Exception], None], block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[dict[str, bytes]]:
     """The samples of one shard (member suffix -> bytes, plus `__key__` and `__url__`), in
-    order. A shard that cannot be read (missing, truncated, not a tar) is reported to
-    `on_error` and read no further: the samples before the break are kept."""
+    order, read `block_bytes` at a time (0: as tar asks, one request per 10 KB on S3). A shard
+    that cannot be read (missing, truncated, not a tar) is reported to `on_error` and read no
+    further: the samples before the break are kept."""
 
     def stop(error: Exception) -> bool:
         on_error(error)
@@ -233,7 +239,7 @@ def read_samples(shard_uri: str, on_error: Callable[[Exception], None]) -> Itera
 
     try:
         fs, path = resolve(shard_uri)
-        with fs.open_input_stream(path) as stream:
+        with fs.open_input_stream(path, buffer_size=block_bytes or None) as stream:
             members = ({**member, "__url__": shard_uri} for member in tar_file_iterator(stream, handler=stop))
             yield from group_by_keys(members, handler=stop)
     except (OSError, tarfile.TarError) as error:

@@ -40,11 +40,13 @@ class SeaweedPorts:
     filer_grpc: int
     admin: int
     admin_grpc: int
+    metrics: int
+    """Prometheus metrics (`/metrics`): request counters per bucket and type."""
 
     @classmethod
     def pick_free(cls, s3: int | None = None) -> SeaweedPorts:
         """Free ports for every listener; the S3 port may be fixed by the caller."""
-        ports = iter(free_ports(10))
+        ports = iter(free_ports(11))
         return cls(
             s3=s3 or next(ports),
             s3_grpc=next(ports),
@@ -56,6 +58,7 @@ class SeaweedPorts:
             filer_grpc=next(ports),
             admin=next(ports),
             admin_grpc=next(ports),
+            metrics=next(ports),
         )
 
 
@@ -70,6 +73,10 @@ class SeaweedConfig:
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.ports.s3}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.metrics}/metrics"
 
 
 def weed_binary() -> Path:
@@ -110,6 +117,7 @@ def seaweed_command(config: SeaweedConfig) -> list[str]:
         f"-filer.port.grpc={ports.filer_grpc}",
         f"-admin.port={ports.admin}",
         f"-admin.port.grpc={ports.admin_grpc}",
+        f"-metricsPort={ports.metrics}",
     ]
 
 
