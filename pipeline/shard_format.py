@@ -13,7 +13,7 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,19 +165,27 @@ class SampleSpec:
     audio_length: int
     sr_size: int | None = None
     """Read the `video{sr_size}.jpg` frames (SR training) instead of video.npy and audio.npy."""
+    frames_kept: int | None = None
+    """SR training: the loader keeps this many of the `frames`, picked before decoding (None: all)."""
 
 
-def decode_sample(sample: dict[str, bytes], spec: SampleSpec) -> dict[str, np.ndarray]:
+def decode_sample(
+    sample: dict[str, bytes], spec: SampleSpec, frames: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
     """The sample's uint8 frames `video` [F, H, W, 3] and int16 `audio` [1, L] (or the SR
-    frames `video_sr`), checked against `spec`; raises ValueError naming the member."""
+    frames `video_sr`), checked against `spec`; raises ValueError naming the member.
+
+    `frames` keeps only those SR frames, in that order: [len(frames), S, S, 3]. The strip is
+    one baseline JPEG, decoded whole (its rows cannot be reached without decoding those above),
+    but only the kept frames are copied out of it and go on to training."""
     key = sample.get("__key__", "?")
     if spec.sr_size is not None:
         member = sr_member_name(spec.sr_size)
         if member not in sample:
             raise ValueError(f"sample {key}: no {member} member (preprocess with --sr-size {spec.sr_size})")
-        frames = jpeg_strip_to_frames(sample[member], spec.sr_size)
-        _check(key, member, frames, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
-        return {"video_sr": frames}
+        strip = jpeg_strip_to_frames(sample[member], spec.sr_size)
+        _check(key, member, strip, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
+        return {"video_sr": strip if frames is None else strip[list(frames)]}
     arrays = {}
     for name, member, shape, dtype in (
         ("video", VIDEO_MEMBER, (spec.frames, spec.image_size, spec.image_size, RGB), np.uint8),

@@ -64,7 +64,7 @@ class TrainConfig:
     shuffle_buffer: int = 64
     flip: bool = True
     sr_frames_per_clip: int = 1
-    """SR training: frames drawn from each clip per batch."""
+    """SR training: frames drawn from each clip per batch, picked by the loader before decoding."""
     held_out_share: float = DEFAULT_HELD_OUT_SHARE
     """Share of the source videos held out from training (`pipeline.shard_format.DataSplit`):
     training reads the others only; evaluation and validation read these."""

@@ -52,20 +52,28 @@ class LoaderCounters:
         log.warning("skipped %s", message)
 
 
+UINT8_MEMBERS = ("video_sr",)
+"""Frames that stay uint8 until on the device (`frames_to_float` there): a quarter of the
+bytes to copy, and the SR frames are the large ones (256², about 0.2 MB a frame as uint8)."""
+
+
+def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames to contiguous float32 in [-1, 1]: one pass converts and re-lays out, the
+    in-place scaling allocates nothing more."""
+    return frames.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 127.5).sub_(1.0)
+
+
 def collate(arrays: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack decoded samples and scale them to float32 in [-1, 1] in the model layouts:
-    frames `[B, F, C, H, W]`, audio `[B, 1, L]`."""
+    """Stack decoded samples in the model layouts: frames `[B, F, C, H, W]` as float32 in
+    [-1, 1] (uint8 for `UINT8_MEMBERS`), audio `[B, 1, L]` as float32 in [-1, 1)."""
     batch = {}
     for name in arrays[0]:
         stacked = torch.from_numpy(np.stack([sample[name] for sample in arrays]))
         if name == "audio":
             batch[name] = stacked.to(torch.float32).div_(AUDIO_SCALE)
-        else:
-            # One pass converts and re-lays out; the in-place scaling allocates nothing more.
-            frames = rearrange(stacked, "b f h w c -> b f c h w").to(
-                torch.float32, memory_format=torch.contiguous_format
-            )
-            batch[name] = frames.mul_(1 / 127.5).sub_(1.0)
+            continue
+        frames = rearrange(stacked, "b f h w c -> b f c h w")
+        batch[name] = frames.contiguous() if name in UINT8_MEMBERS else frames_to_float(frames)
     return batch
 
 
@@ -118,15 +126,20 @@ class ClipLoader:
     def _epoch_batches(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
         assignment = assign_shards(self.shards, self.rank, self.world_size, epoch, self.seed)
         flips = random.Random(f"flip-{self.seed}-{epoch}-{self.rank}")
+        picks = random.Random(f"frames-{self.seed}-{epoch}-{self.rank}")
         pending: list[dict[str, np.ndarray]] = []
         consumed = 0
         for sample in self._shuffled(self._raw_samples(assignment), epoch):
             consumed += 1
-            flip = self.flip and flips.random() < 0.5  # drawn for skipped samples too: same stream on resume
+            # Drawn for skipped samples too: the same stream on resume.
+            flip = self.flip and flips.random() < 0.5
+            frames = (
+                None if self.spec.frames_kept is None else picks.sample(range(self.spec.frames), self.spec.frames_kept)
+            )
             if consumed <= skip:
                 continue
             try:
-                arrays = decode_sample(sample, self.spec)
+                arrays = decode_sample(sample, self.spec, frames)
             except Exception as error:  # any undecodable member: skip the sample, keep going
                 self.counters.record(f"corrupt sample: {error}")
                 continue
