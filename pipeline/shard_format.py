@@ -234,19 +234,24 @@ def list_shards(data_uri: str, purpose: str = "training") -> list[str]:
 
 
 def read_samples(
-    shard_uri: str, on_error: Callable[[Exception], None], block_bytes: int = READ_BLOCK_BYTES
+    shard_uri: str,
+    on_error: Callable[[Exception], None],
+    block_bytes: int = READ_BLOCK_BYTES,
+    filesystem: pafs.FileSystem | None = None,
 ) -> Iterator[dict[str, bytes]]:
     """The samples of one shard (member suffix -> bytes, plus `__key__` and `__url__`), in
     order, read `block_bytes` at a time (0: as tar asks, one request per 10 KB on S3). A shard
     that cannot be read (missing, truncated, not a tar) is reported to `on_error` and read no
-    further: the samples before the break are kept."""
+    further: the samples before the break are kept. `filesystem` reads `shard_uri` as a path
+    on that pyarrow filesystem (a configured S3FileSystem, an fsspec store wrapped in a
+    PyFileSystem) instead of the filesystem the URI names."""
 
     def stop(error: Exception) -> bool:
         on_error(error)
         return False
 
     try:
-        fs, path = resolve(shard_uri)
+        fs, path = (filesystem, shard_uri) if filesystem is not None else resolve(shard_uri)
         with fs.open_input_stream(path, buffer_size=block_bytes or None) as stream:
             members = ({**member, "__url__": shard_uri} for member in tar_file_iterator(stream, handler=stop))
             yield from group_by_keys(members, handler=stop)

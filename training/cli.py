@@ -37,6 +37,8 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
         "share of the source videos held out from training, by a hash of each source's URI (default 0.05)",
     ),
     "--seed": ("seed", int, "random seed"),
+    "--prefetch": ("prefetch", int, "batches decoded ahead of the step in a background thread (default 2; 0: none)"),
+    "--decode-threads": ("decode_threads", int, "threads decoding samples for the prefetching thread (default 1)"),
 }
 
 

@@ -99,6 +99,9 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         seed=config.seed,
         position=position,
         split=config.training_split(),
+        prefetch=config.prefetch,
+        decode_threads=config.decode_threads,
+        pin_memory=session.device.type == "cuda",
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
@@ -127,6 +130,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
+        loader.close()
         logger.close(finished)
 
 
