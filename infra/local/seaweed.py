@@ -143,6 +143,22 @@ def start_seaweed(config: SeaweedConfig, log_path: Path, timeout_s: float = 60.0
     return launch_seaweed(config, log_path).wait_healthy(timeout_s)
 
 
+def s3_request_count(metrics_url: str, bucket: str) -> int:
+    """S3 requests the server has answered for `bucket` so far, of every type and status
+    (its `SeaweedFS_s3_request_total` counters)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    label = f'bucket="{bucket}"'
+    counts = (
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("SeaweedFS_s3_request_total{") and label in line
+    )
+    return int(sum(counts))
+
+
 def ensure_buckets(config: SeaweedConfig, buckets: Iterable[str]) -> None:
     """Create each bucket that does not exist yet (the server's credentials must be valid)."""
     import boto3

@@ -3,17 +3,15 @@ reach the training thread, no thread left behind, and a slow store that no longe
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.shard_format import DataError, SampleSpec, list_shards
+from tests.fixtures.slow_store import slow_filesystem
 from tests.training.synthetic_shards import write_shards
 from training.loader import ClipLoader, DataPosition
 
@@ -70,43 +68,12 @@ def test_stopping_midway_leaves_no_thread(shards: list[str]) -> None:
     assert not loader_threads()
 
 
-class SlowLocalFileSystem(LocalFileSystem):
-    """Local files whose every read that returns data waits `latency_s` first, as a request to
-    a far object store does (wrapped for pyarrow with `pafs.PyFileSystem(pafs.FSSpecHandler(...))`)."""
-
-    def __init__(self, latency_s: float) -> None:
-        super().__init__()
-        self.latency_s = latency_s
-
-    def _open(self, path, mode="rb", block_size=None, **kwargs):
-        return SlowReader(super()._open(path, mode, block_size, **kwargs), self.latency_s)
-
-
-class SlowReader(io.RawIOBase):
-    def __init__(self, raw, latency_s: float) -> None:
-        self.raw, self.latency_s = raw, latency_s
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.raw.read(len(buffer))
-        if data:
-            time.sleep(self.latency_s)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
 def test_a_slow_store_no_longer_stalls_the_step(tmp_path: Path) -> None:
     """One clip per shard and one request per shard, as slow as a step: without prefetching a
     batch costs step + read, with it the read of the next batch hides behind the step."""
     batches, step_s = 8, 0.1
     write_shards(tmp_path, clips=batches, clips_per_shard=1, frames=FRAMES, image_size=SIZE, audio_length=AUDIO)
-    slow_store = pafs.PyFileSystem(pafs.FSSpecHandler(SlowLocalFileSystem(latency_s=step_s)))
+    slow_store = slow_filesystem(latency_s=step_s)
     walls = {}
     for prefetch in (0, 2):
         loader = ClipLoader(
