@@ -81,7 +81,9 @@ class Prefetcher(Generic[Out]):
         raise StopIteration
 
     def close(self) -> None:
-        """Stop the producer and wait for it (it finishes the item it is on)."""
+        """Stop the producer and wait for it (it finishes the item it is on); `next()` then
+        ends the iteration."""
+        self._finished = True
         self._stopped.set()
         while True:  # unblock a producer waiting on a full queue
             try:
@@ -90,10 +92,6 @@ class Prefetcher(Generic[Out]):
                 break
         if self._thread is not threading.current_thread():
             self._thread.join(_JOIN_S)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
 
 def ordered_map(

@@ -14,6 +14,7 @@ from pipeline.shard_format import DataError, SampleSpec, list_shards
 from tests.fixtures.slow_store import slow_filesystem
 from tests.training.synthetic_shards import write_shards
 from training.loader import ClipLoader, DataPosition
+from training.prefetch import ordered_map
 
 FRAMES, SIZE, AUDIO = 16, 16, 2560
 SPEC = SampleSpec(frames=FRAMES, image_size=SIZE, audio_length=AUDIO)
@@ -66,6 +67,8 @@ def test_stopping_midway_leaves_no_thread(shards: list[str]) -> None:
     next(batches)
     loader.close()
     assert not loader_threads()
+    with pytest.raises(StopIteration):  # a closed loader ends, it does not wait for batches
+        next(batches)
 
 
 def test_a_slow_store_no_longer_stalls_the_step(tmp_path: Path) -> None:
@@ -89,3 +92,16 @@ def test_a_slow_store_no_longer_stalls_the_step(tmp_path: Path) -> None:
     serial, overlapped = batches * 2 * step_s, (batches + 1) * step_s
     assert walls[0] >= 0.95 * serial, walls  # the store is as slow as meant
     assert walls[2] <= (serial + overlapped) / 2, walls  # close to max(step, read) per batch, not their sum
+
+
+def test_ordered_map_keeps_the_order_and_raises_where_the_error_was() -> None:
+    def slow_square(n: int) -> int:
+        time.sleep(0.01 * (n % 3))  # later items finish first
+        if n == 7:
+            raise RuntimeError("item 7")
+        return n * n
+
+    results = ordered_map(slow_square, range(10), threads=3)
+    assert [next(results) for _ in range(7)] == [n * n for n in range(7)]
+    with pytest.raises(RuntimeError, match="item 7"):
+        next(results)
