@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 AUDIO_SCALE = 32768.0
 """int16 full scale: samples map to [-1, 1)."""
 DEFAULT_PREFETCH = 2
-"""Batches made ahead of the training step (docs/training.md, "Input")."""
+"""Batches made ahead of the training step (docs/training.md, "Prefetching")."""
 DEFAULT_DECODE_THREADS = 1
 """Threads decoding samples for the prefetching thread."""
 
