@@ -101,6 +101,9 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         position=position,
         split=config.training_split(),
         selected=select_manifest(config.data, config.filter).keys if config.filter else None,
+        prefetch=config.prefetch,
+        decode_threads=config.decode_threads,
+        pin_memory=session.device.type == "cuda",
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
@@ -129,6 +132,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
+        loader.close()
         logger.close(finished)
 
 
