@@ -9,6 +9,7 @@ fails it is returned unfinished, with no part, for a rerun to redo.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from pipeline.parts import UnitRecord, write_part
 from pipeline.samples import encode_sample
 from pipeline.shard_format import sample_key
 from pipeline.shards import ShardWriter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,9 @@ def run_shard_task(task: ShardTask, output_uri: str, options: ClipOptions, polic
             if not is_infrastructure(error):
                 problem = f"unexpected {type(error).__name__}: {error}"
                 return UnitRecord(number=task.number, sources=len(task.sources), unfinished=problem)
+            problem = str(error) if isinstance(error, InfrastructureError) else f"{type(error).__name__}: {error}"
             if attempt == len(delays):
-                problem = str(error) if isinstance(error, InfrastructureError) else f"{type(error).__name__}: {error}"
                 return UnitRecord(number=task.number, sources=len(task.sources), unfinished=problem)
+            log.warning("unit %d, attempt %d of %d: %s", task.number, attempt + 1, policy.attempts, problem)
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")
