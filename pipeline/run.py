@@ -171,6 +171,8 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     records = run_tasks(tasks, config) if tasks else []
     finished_before = set(finished)
     finished |= {record.number for record in records if record.unfinished is None}
+    for name in remove_unfinished(config.output, finished, policy):  # left by attempts Ray retried
+        log.info("removed %s left by a lost attempt", name)
     merged = merge_parts(config.output, finished, superseded_sources(plan, finished), policy)
     new = [record for record in records if record.unfinished is None]
     stats = PreprocessStats(
