@@ -20,7 +20,6 @@ from typing import Literal
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.storage import join, read_bytes, resolve
 
@@ -226,6 +225,8 @@ def read_samples(shard_uri: str, on_error: Callable[[Exception], None]) -> Itera
     """The samples of one shard (member suffix -> bytes, plus `__key__` and `__url__`), in
     order. A shard that cannot be read (missing, truncated, not a tar) is reported to
     `on_error` and read no further: the samples before the break are kept."""
+
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # imports torch: seconds writers skip
 
     def stop(error: Exception) -> bool:
         on_error(error)
