@@ -88,6 +88,10 @@ class UnitRecord:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     """CPU time of the worker process on this unit (decoding is single-threaded)."""
+    started: float = 0.0
+    """When the unit's (last) attempt began, seconds since the epoch (where a run's time goes)."""
+    worker: str = ""
+    """host:pid of the process that ran it."""
     unfinished: str | None = None
     """Why the unit is left for a rerun (a storage failure that outlasted the retries);
     None for a finished unit. An unfinished unit has no part."""

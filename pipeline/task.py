@@ -10,6 +10,8 @@ fails it is returned unfinished, with no part, for a rerun to redo.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -80,7 +82,12 @@ def error_row(uri: str, reason: Reason, message: str, clips_written: int) -> dic
 def attempt_unit(task: ShardTask, output_uri: str, options: ClipOptions, policy: RetryPolicy) -> UnitRecord:
     """Decode the task's sources into its shard, commit it, then write the part."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    record = UnitRecord(number=task.number, sources=len(task.sources))
+    record = UnitRecord(
+        number=task.number,
+        sources=len(task.sources),
+        started=time.time(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
     rows: list[dict] = []
     first_clips = task.first_clips or [0] * len(task.sources)
     with ShardWriter(output_uri, task.number) as writer:
