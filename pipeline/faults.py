@@ -120,8 +120,6 @@ class SourceReader:
         self.size = retrying(self._file.size, f"{uri}: size", policy)
         self._position = 0
         self._block_start, self._block = 0, b""
-        self.requests = 1
-        """Ranged reads made (for measuring requests per clip)."""
 
     def readable(self) -> bool:
         return True
@@ -174,7 +172,6 @@ class SourceReader:
             self.failure = error
             raise
         self._block_start = start
-        self.requests += 1
 
     def close(self) -> None:
         if self._file is not None:
