@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.storage import join, read_bytes, resolve
 
@@ -247,6 +246,8 @@ def read_samples(
     further: the samples before the break are kept. `filesystem` reads `shard_uri` as a path
     on that pyarrow filesystem (a configured S3FileSystem, an fsspec store wrapped in a
     PyFileSystem) instead of the filesystem the URI names."""
+
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # imports torch: seconds writers skip
 
     def stop(error: Exception) -> bool:
         on_error(error)
