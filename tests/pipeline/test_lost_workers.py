@@ -24,6 +24,8 @@ from pipeline.storage import TEMPORARY_PREFIX
 from tests.fixtures.media import MediaSet
 from tests.pipeline.test_preprocess import CLIPS_BEFORE_DECODE_ERROR, CLIPS_PER_GOOD_FILE, read_shards
 
+COPIES = 3
+
 
 def expected_clips(media_set: MediaSet) -> int:
     return CLIPS_PER_GOOD_FILE * len(media_set.good) + CLIPS_BEFORE_DECODE_ERROR
@@ -137,8 +139,11 @@ def test_a_second_node_killed_mid_run_loses_no_clip_and_duplicates_none(media_se
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    corpus = tmp_path / "corpus"  # every file three times: units enough for both nodes to get some
+    for copy in range(COPIES):
+        shutil.copytree(media_set.folder, corpus / f"copy{copy}")
     output = tmp_path / "out"
-    job = [sys.executable, "-m", "jobs.preprocess", "--input", str(media_set.folder), "--output", str(output)]
+    job = [sys.executable, "-m", "jobs.preprocess", "--input", str(corpus), "--output", str(output)]
     job += ["--workers", "3", "--videos-per-shard", "1"]
     job_env = {**env, "RAY_ADDRESS": config.gcs_address}
     try:
@@ -176,7 +181,7 @@ def test_a_second_node_killed_mid_run_loses_no_clip_and_duplicates_none(media_se
         stop_tree(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
     keys = [sample["__key__"] for sample in read_shards(output)]
-    assert len(keys) == len(set(keys)) == expected_clips(media_set)
+    assert len(keys) == len(set(keys)) == COPIES * expected_clips(media_set)
 
 
 def wait_for_nodes(env: dict[str, str], count: int, timeout_s: float = 120.0) -> None:
