@@ -47,6 +47,14 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", default=None, help="N workers, or MIN:MAX for elastic training")
     parser.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker (NCCL)")
+    parser.add_argument(
+        "--forward-env",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="also hand the workers the driver's variables starting with PREFIX (repeatable; "
+        "AWS_, MLFLOW_, MMDIFF_, NCCL_, TORCH_NCCL_, FI_ always; credentials never)",
+    )
     for flag, (_, kind, help_) in _FIELD_FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_)
     return parser
@@ -66,6 +74,8 @@ def config_from_args(args: argparse.Namespace, task: Task) -> TrainConfig:
         values["workers"] = parse_workers(args.workers)
     if args.gpus:
         values["gpus"] = True
+    if args.forward_env:
+        values["forward_env"] = [*values.get("forward_env", ()), *args.forward_env]
     missing = [name for name in ("data", "output") if name not in values]
     if missing:
         raise ValueError(

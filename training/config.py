@@ -18,6 +18,7 @@ from mmdiffusion.bundle import ModelBundle, default_diffusion
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
+from pipeline.credentials import prefix_problems
 from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit
 from training.ema import EMASchedule
 
@@ -78,6 +79,9 @@ class TrainConfig:
     tracking_uri: str | None = None
     """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
     max_failures: int = 3
+    forward_env: tuple[str, ...] = ()
+    """Prefixes of driver environment variables handed to the workers besides the standard
+    ones (`training.run.FORWARDED_ENVIRONMENT_PREFIXES`); credentials never are."""
     max_nonfinite: int = 10
     """Stop after this many consecutive steps with a NaN or infinite loss."""
 
@@ -103,6 +107,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         problems.extend(self.ema_schedule().problems())
+        problems.extend(prefix_problems(self.forward_env))
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.held_out_share < 1.0:
@@ -161,6 +166,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config fields: {unknown}; known: {sorted(known)}")
         values = dict(values)
+        if isinstance(values.get("forward_env"), (list, str)):
+            given = values["forward_env"]
+            values["forward_env"] = (given,) if isinstance(given, str) else tuple(given)
         if isinstance(values.get("workers"), list):
             values["workers"] = tuple(values["workers"])
         elif isinstance(values.get("workers"), str):
