@@ -22,7 +22,16 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-size": ("batch_size", int, "clips per worker per micro-batch"),
     "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
     "--lr": ("lr", float, "AdamW learning rate (default 1e-4)"),
-    "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)"),
+    "--precision": (
+        "precision",
+        str,
+        "auto, fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler; auto: bf16 on a CUDA device that has it)",
+    ),
+    "--cpus-per-worker": (
+        "cpus_per_worker",
+        float,
+        "CPUs each worker reserves for its input and torch threads (default 1, with --gpus 8)",
+    ),
     "--ema-rate": ("ema_rate", float, "EMA decay once warmed up (default 0.9999)"),
     "--log-every": ("log_every", int, "steps between logged metrics"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints"),

@@ -16,6 +16,7 @@ import yaml
 
 from mmdiffusion.bundle import ModelBundle, default_diffusion
 from mmdiffusion.config import CoupledUNetConfig
+from mmdiffusion.device import PRECISIONS, Precision
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
 from pipeline.credentials import prefix_problems
@@ -23,8 +24,10 @@ from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit
 from training.ema import EMASchedule
 
 Task = Literal["coupled", "sr"]
-Precision = Literal["fp32", "bf16", "fp16"]
 MODEL_PRESETS = ("paper", "small", "tiny")
+GPU_WORKER_CPUS = 8
+"""CPUs a GPU worker reserves by default for its input (decoding, shuffling, host copies):
+8 fit the 90-96 vCPUs of an 8-GPU node (infra/), with some left for Ray's own processes."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class TrainConfig:
     workers: int | tuple[int, int] = 1
     """Number of workers, or (min, max) for elastic training."""
     gpus: bool = False
+    cpus_per_worker: float | None = None
+    """CPUs each worker reserves (Ray sets its OMP_NUM_THREADS to them); None: 1 for a CPU
+    worker, `GPU_WORKER_CPUS` for a GPU worker."""
     steps: int = 1000
     """Optimizer steps in total (a resumed run continues up to this count)."""
     batch_size: int = 4
@@ -50,7 +56,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
+    """Autocast: auto is bf16 on a CUDA device that supports it, fp32 elsewhere (`mmdiffusion.device`)."""
     ema_rate: float = EMASchedule.rate
     """The EMA's decay once warmed up (docs/training.md)."""
     ema_warmup: bool = EMASchedule.warmup
@@ -91,8 +98,10 @@ class TrainConfig:
             problems.append(f"task must be 'coupled' or 'sr', got {self.task!r}")
         if self.model not in MODEL_PRESETS:
             problems.append(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            problems.append(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be fp32, bf16 or fp16 (or auto), got {self.precision!r}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            problems.append(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
         for name in (
             "steps",
             "batch_size",
@@ -129,6 +138,13 @@ class TrainConfig:
         if isinstance(self.workers, tuple) and len(self.workers) == 2:
             return self.workers
         return 0, 0  # not a count or a (min, max) pair: reported as invalid
+
+    @property
+    def worker_cpus(self) -> float:
+        """The CPUs each worker reserves."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        return GPU_WORKER_CPUS if self.gpus else 1
 
     def model_config(self) -> CoupledUNetConfig | SuperResUNetConfig:
         config_class = CoupledUNetConfig if self.task == "coupled" else SuperResUNetConfig

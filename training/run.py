@@ -131,7 +131,8 @@ def ray_train_configs(config: TrainConfig) -> tuple[Any, Any]:
 
     environment = worker_environment(config)
     storage_path, filesystem = _storage(config.output)
-    scaling = ScalingConfig(num_workers=config.workers, use_gpu=config.gpus)
+    resources = {"CPU": config.worker_cpus, **({"GPU": 1} if config.gpus else {})}
+    scaling = ScalingConfig(num_workers=config.workers, use_gpu=config.gpus, resources_per_worker=resources)
     run = RunConfig(
         name=config.run_name,
         storage_path=storage_path,

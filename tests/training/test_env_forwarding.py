@@ -1,5 +1,6 @@
 """The driver's NCCL, PyTorch-NCCL and fabric settings, and the prefixes a user adds with
-`--forward-env`, reach the Ray Train workers; credentials under those prefixes do not."""
+`--forward-env`, reach the Ray Train workers; credentials under those prefixes do not. The
+worker runs as many torch threads as the CPUs it reserved (`--cpus-per-worker`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def report_environment(inputs: dict[str, Any]) -> None:
 
     rank = ray.train.get_context().get_world_rank()
     seen = {name: os.environ.get(name) for name in inputs["names"]}
+    seen["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
     seen["torch_threads"] = torch.get_num_threads()
     Path(inputs["folder"], f"rank{rank}.json").write_text(json.dumps(seen))
 
@@ -53,19 +55,19 @@ def worker_views(config: TrainConfig, folder: Path, names: list[str]) -> list[di
     return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(config.worker_range[0])]
 
 
-def test_workers_see_the_fabric_settings_and_the_added_prefixes_but_no_credentials(
+def test_a_worker_sees_the_fabric_settings_and_the_added_prefixes_but_no_credentials(
     ray_runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in {**FORWARDED, **KEPT_BACK}.items():
         monkeypatch.setenv(name, value)
-    argv = ["--data", "unused", "--output", str(tmp_path / "runs"), "--workers", "2", "--forward-env", "SITE_FABRIC_"]
+    argv = ["--data", "unused", "--output", str(tmp_path / "runs"), "--forward-env", "SITE_FABRIC_"]
+    argv += ["--cpus-per-worker", "2"]  # the whole session runtime: Ray would set 1 thread by default
     config = config_from_args(build_parser("mmdiff train", "").parse_args(argv), "coupled")
     assert config.forward_env == ("SITE_FABRIC_",)
-    views = worker_views(config, tmp_path, [*FORWARDED, *KEPT_BACK])
-    assert len(views) == 2
-    for seen in views:
-        assert {name: seen[name] for name in FORWARDED} == FORWARDED
-        assert {name: seen[name] for name in KEPT_BACK} == dict.fromkeys(KEPT_BACK)
+    (seen,) = worker_views(config, tmp_path, [*FORWARDED, *KEPT_BACK])
+    assert {name: seen[name] for name in FORWARDED} == FORWARDED
+    assert {name: seen[name] for name in KEPT_BACK} == dict.fromkeys(KEPT_BACK)
+    assert (seen["OMP_NUM_THREADS"], seen["torch_threads"]) == ("2", 2)
 
 
 @pytest.mark.parametrize(
