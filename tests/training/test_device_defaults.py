@@ -1,17 +1,23 @@
 """The defaults a device gets (mmdiffusion.device), chosen without the device: bf16 autocast,
 cuDNN autotuning, TF32 matmuls and fused AdamW on a CUDA device that supports bf16, float32
-and the library defaults on CPU; the CPUs a worker reserves; `evaluate`'s default device."""
+and the library defaults on CPU; the CPUs a worker reserves; `evaluate`'s default device and
+precision."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from jobs.evaluate import _parser as evaluate_parser
 from jobs.evaluate import evaluation_config
 from jobs.sample import SampleConfig
+from mmdiffusion import CoupledUNet, CoupledUNetConfig
+from mmdiffusion.bundle import BundledModel, ModelBundle
 from mmdiffusion.device import device_settings, resolve_device
 from training.config import GPU_WORKER_CPUS, TrainConfig
+from training.evaluation.reference import ReferenceClips
+from training.evaluation.scoring import EvaluationConfig, evaluate
 from training.run import ray_train_configs
 
 
@@ -77,3 +83,26 @@ def test_evaluate_defaults_to_cuda_when_present() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda: CUDA is not available on this machine"):
             resolve_device("cuda")
+
+
+def test_evaluation_runs_the_network_at_the_chosen_precision_and_says_so_in_its_digest() -> None:
+    config = CoupledUNetConfig.named("tiny", image_size=16, audio_length=2560)
+    torch.manual_seed(0)
+    network = CoupledUNet(config).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():  # the output layers start at zero: predict something
+            parameter.normal_(0.0, 0.05)
+    model = BundledModel(network, ModelBundle.describe(config))
+    rng = np.random.default_rng(0)
+    clips = ReferenceClips(
+        video=rng.integers(0, 256, (2, 16, 16, 16, 3), dtype=np.uint8),
+        audio=rng.uniform(-1, 1, (2, 1, 2560)).astype(np.float32),
+        keys=["a", "b"],
+        data_uri="memory://two-clips",
+    )
+    fp32, bf16 = (EvaluationConfig(num_samples=2, precision=precision) for precision in ("auto", "bf16"))
+    assert fp32.device_settings().precision == "fp32"  # auto on CPU
+    assert fp32.settings_digest() == EvaluationConfig(num_samples=2, precision="fp32").settings_digest()
+    assert bf16.settings_digest() != fp32.settings_digest()  # numbers at another precision are not comparable
+    exact, low = (evaluate(model, clips, c).metrics["val_loss"] for c in (fp32, bf16))
+    assert exact != low and abs(low - exact) < 0.05 * exact, (exact, low)  # bf16 ran, and stays close
