@@ -57,6 +57,12 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--workers", default=None, help="N workers, or MIN:MAX for elastic training")
     parser.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker (NCCL)")
     parser.add_argument(
+        "--shared-filesystem",
+        action="store_true",
+        default=None,
+        help="local --data/--output paths are on a filesystem every Ray node mounts (else refused on a multi-node cluster)",
+    )
+    parser.add_argument(
         "--forward-env",
         action="append",
         default=None,
@@ -83,6 +89,8 @@ def config_from_args(args: argparse.Namespace, task: Task) -> TrainConfig:
         values["workers"] = parse_workers(args.workers)
     if args.gpus:
         values["gpus"] = True
+    if args.shared_filesystem:
+        values["shared_filesystem"] = True
     if args.forward_env:
         values["forward_env"] = [*values.get("forward_env", ()), *args.forward_env]
     missing = [name for name in ("data", "output") if name not in values]

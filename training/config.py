@@ -86,6 +86,9 @@ class TrainConfig:
     tracking_uri: str | None = None
     """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
     max_failures: int = 3
+    shared_filesystem: bool = False
+    """Local `data`/`output` paths are on a filesystem every node mounts (NFS, Lustre, EFS):
+    allowed on a cluster of several nodes, where local paths are refused otherwise."""
     forward_env: tuple[str, ...] = ()
     """Prefixes of driver environment variables handed to the workers besides the standard
     ones (`training.run.FORWARDED_ENVIRONMENT_PREFIXES`); credentials never are."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmdiffusion.bundle import model_kind
-from pipeline.credentials import FABRIC_PREFIXES, forwarded_settings
+from pipeline.credentials import FABRIC_PREFIXES, forwarded_settings, redact
 from pipeline.shard_format import list_shards, manifest_info
 from pipeline.storage import is_remote, join, resolve, write_atomically
 from training.config import TrainConfig
@@ -64,6 +64,8 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     if config.init_from:
         check_model_source(config.init_from, model_kind(config.model_config()))
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    if not in_process:  # connects to Ray: the local one, or the cluster at RAY_ADDRESS
+        check_paths_reach_every_node(config, tracking_uri, ray_node_count())
     run_id = open_run(config, tracking_uri, len(shards))
     take_stop_reason(tracking_uri, run_id)  # a stop of an earlier attempt is history now
     inputs = loop_config(config, shards, run_id, tracking_uri, manifest_info(config.data).sha256)
@@ -102,12 +104,40 @@ def _absolute_local_paths(config: TrainConfig) -> TrainConfig:
     )
 
 
-def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+def ray_node_count() -> int:
+    """The alive nodes of the Ray cluster (started locally, or the one at RAY_ADDRESS)."""
     import ray
-    from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init()  # a local Ray, or the cluster at RAY_ADDRESS
+        ray.init()
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def check_paths_reach_every_node(config: TrainConfig, tracking_uri: str, nodes: int) -> None:
+    """On a cluster of several nodes, refuse local paths unless declared shared: rank 0 on
+    another node would write the checkpoints (and the MLflow store) where the driver cannot
+    read them, and every other rank would keep its data position on its own disk, so a resume
+    would silently restart its epoch."""
+    if nodes <= 1 or config.shared_filesystem:
+        return
+    local = [
+        f"--{flag} {value}"
+        for flag, value in (("data", config.data), ("output", config.output), ("init-from", config.init_from))
+        if value is not None and not is_remote(value)
+    ]
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        local.append(f"the MLflow store {redact(tracking_uri)} (MLFLOW_TRACKING_URI)")
+    if local:
+        raise ValueError(
+            f"the Ray cluster has {nodes} nodes, and {', '.join(local)} "
+            f"{'is' if len(local) == 1 else 'are'} local to each node: use shared storage or s3:// URIs "
+            "(and an MLflow server), or pass --shared-filesystem if these paths are on a filesystem every node mounts"
+        )
+
+
+def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+    from ray.train.torch import TorchTrainer
+
     scaling_config, run_config = ray_train_configs(config)
     trainer = TorchTrainer(train_loop, train_loop_config=inputs, scaling_config=scaling_config, run_config=run_config)
     result = trainer.fit()
