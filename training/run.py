@@ -125,7 +125,7 @@ def check_paths_reach_every_node(config: TrainConfig, tracking_uri: str, nodes: 
         for flag, value in (("data", config.data), ("output", config.output), ("init-from", config.init_from))
         if value is not None and not is_remote(value)
     ]
-    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+    if tracking_uri.startswith(("sqlite:", "file:", "/", ".")):  # a database file or folder store
         local.append(f"the MLflow store {redact(tracking_uri)} (MLFLOW_TRACKING_URI)")
     if local:
         raise ValueError(
