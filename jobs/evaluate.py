@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from mmdiffusion.bundle import BundledModel, ModelBundle, describe_bundle
+from mmdiffusion.device import resolve_device
 from mmdiffusion.metrics import ExtractorConfig
 from mmdiffusion.metrics.extractors import AUDIO_MODELS
 from mmdiffusion.sampling import SAMPLERS, SamplerConfig
@@ -93,7 +94,15 @@ def add_evaluation_arguments(
         default=EvaluationConfig.training_clips,
         help="training-split clips searched for nearest neighbours by --metrics memorisation (default %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model and the I3D (default cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast of the evaluated model (default auto: bf16 on a CUDA device that supports it, else fp32)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="torch device for the model and the I3D (default: cuda if available, else cpu)"
+    )
 
 
 def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None = None) -> EvaluationConfig:
@@ -111,8 +120,9 @@ def evaluation_config(args: argparse.Namespace, metrics: tuple[str, ...] | None 
             audio_model=args.audio_model,
             audio_weights=args.audio_weights,
             batch_size=args.batch_size,
-            device=args.device,
+            device=str(resolve_device(args.device)),
         ),
+        precision=args.precision,
     )
 
 
@@ -199,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = evaluation_config(args)
         model = resolve_model(
-            args.model, "coupled_unet", released_config=args.config, weights=args.weights, device=args.device
+            args.model,
+            "coupled_unet",
+            released_config=args.config,
+            weights=args.weights,
+            device=config.extractors.device,
         )
         check_weights(model, args.weights)
         clips = read_reference_clips(args.data, config.num_samples, split_for(args.split, model.bundle))

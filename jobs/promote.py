@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.version
             else version_of_run(client, args.name, args.run_id)
         )
-        evaluator = RegistryEvaluator(args.data, config, args.split, args.held_out_share, args.device)
+        evaluator = RegistryEvaluator(args.data, config, args.split, args.held_out_share, config.extractors.device)
         decision = promote(client, args.name, candidate, policy, evaluator)
     except (ValueError, FileNotFoundError, EvaluationDataError, RegistryError, yaml.YAMLError) as error:
         print(f"mmdiff promote: error: {error}", file=sys.stderr)

@@ -19,6 +19,7 @@ import torch
 
 from mmdiffusion.bundle import BundledModel, ModelBundle
 from mmdiffusion.constants import FPS, SAMPLE_RATE
+from mmdiffusion.device import DeviceSettings, Precision, device_settings
 from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.media import video_from_uint8, video_to_uint8
 from mmdiffusion.metrics import (
@@ -96,7 +97,12 @@ class EvaluationConfig:
     training_clips: int = 64
     """Training-split clips searched for each generated clip's nearest neighbour (memorisation)."""
 
+    precision: Precision = "auto"
+    """Autocast of the evaluated network (`mmdiffusion.device`): auto is bf16 on a CUDA device
+    that supports it, fp32 elsewhere. The feature networks run as they are."""
+
     def __post_init__(self) -> None:
+        self.device_settings()  # a bad precision, or bf16 where the device has none, fails here
         if self.condition is not None and self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)} or None, got {self.condition!r}")
         measured = sorted(NOT_GENERATED.get(self.condition or "", frozenset()) & set(self.metrics))
@@ -120,9 +126,15 @@ class EvaluationConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
+    def device_settings(self) -> DeviceSettings:
+        return device_settings(self.extractors.device, self.precision)
+
     def settings_digest(self) -> str:
-        """Identifies the evaluation settings: equal digests on equal data mean comparable numbers."""
+        """Identifies the evaluation settings: equal digests on equal data mean comparable numbers.
+        The precision the network ran at counts (fp32, as before it was a setting, adds nothing)."""
+        precision = self.device_settings().precision
         settings = {
+            **({} if precision == "fp32" else {"precision": precision}),
             "num_samples": self.num_samples,
             "loss_timesteps": list(self.loss_timesteps),
             "noise_seed": self.noise_seed,
@@ -147,9 +159,9 @@ class EvaluationResult:
     num_clips: int
     skipped: list[str]
     provenance: dict[str, MetricProvenance] = field(default_factory=dict)
+    """Per metric of the evaluation (not per reported value): where its values come from."""
     figures: dict[str, np.ndarray] = field(default_factory=dict)
     """Artifact name -> RGB image: the memorisation score's worst cases."""
-    """Per metric of the evaluation (not per reported value): where its values come from."""
     bundle: ModelBundle | None = None
     """The evaluated model's bundle: its diffusion is the one the numbers were measured with."""
     split: DataSplit = HELD_OUT
@@ -287,8 +299,10 @@ def evaluate(
     """
     metrics: dict[str, float] = {}
     figures: dict[str, np.ndarray] = {}
+    autocast = config.device_settings().autocast
     if "val_loss" in config.metrics:
-        metrics.update(held_out_loss(model, clips, config))
+        with autocast():
+            metrics.update(held_out_loss(model, clips, config))
     sample_metrics = tuple(name for name in config.metrics if name != "val_loss")
     if "memorisation" in sample_metrics and training is None:
         raise ValueError("memorisation needs the training clips (`training`) to look for neighbours in")
@@ -300,7 +314,8 @@ def evaluate(
             raise EvaluationDataError(
                 f"{', '.join(sample_metrics)} need at least 2 reference clips, {clips.data_uri!r} has {len(clips)}"
             )
-        video, audio = generate(len(clips))
+        with autocast():
+            video, audio = generate(len(clips))
         _check_generated(video, audio, clips)
         audio = np.asarray(audio, dtype=np.float32)
         video_features = (
