@@ -15,7 +15,15 @@ import numpy as np
 
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE
 from mmdiffusion.media import audio_from_int16
-from pipeline.shard_format import DataError, SampleSpec, decode_sample, list_shards, manifest_info, read_samples
+from pipeline.shard_format import (
+    DataError,
+    DataSplit,
+    SampleSpec,
+    decode_sample,
+    list_shards,
+    manifest_info,
+    read_samples,
+)
 
 CLIP_SPEC = SampleSpec(frames=FRAMES, image_size=IMAGE_SIZE, audio_length=AUDIO_SAMPLES)
 """The metrics' feature networks take clips of the released geometry."""
@@ -46,8 +54,12 @@ class ReferenceClips:
         return hashlib.sha256("\n".join(self.keys).encode()).hexdigest()[:16]
 
 
-def read_reference_clips(data_uri: str, limit: int) -> ReferenceClips:
-    """The first `limit` decodable clips of the dataset, in shard order."""
+def read_reference_clips(
+    data_uri: str, limit: int, split: DataSplit | None = None, spec: SampleSpec = CLIP_SPEC
+) -> ReferenceClips:
+    """The first `limit` decodable clips of `split` of the dataset (default: all), in shard
+    order, of the geometry `spec` (training's validation reads its own model's)."""
+    split = split or DataSplit("all")
     try:
         shards = list_shards(data_uri, purpose="evaluation")
     except DataError as error:
@@ -55,8 +67,10 @@ def read_reference_clips(data_uri: str, limit: int) -> ReferenceClips:
     problems: list[str] = []
     videos, audios, keys = [], [], []
     for sample in _samples(shards, problems):
+        if not split.keeps(str(sample.get("__key__", ""))):
+            continue
         try:
-            arrays = decode_sample(sample, CLIP_SPEC)
+            arrays = decode_sample(sample, spec)
         except ValueError as error:
             problems.append(f"{sample.get('__url__', '?')}: {error}")
             continue
@@ -67,7 +81,7 @@ def read_reference_clips(data_uri: str, limit: int) -> ReferenceClips:
             break
     if not keys:
         raise EvaluationDataError(
-            f"evaluation data {data_uri!r}: no usable clips"
+            f"evaluation data {data_uri!r}: no usable clips in {split.describe()}"
             + (f"; problems: {'; '.join(problems[:5])}" if problems else "")
         )
     manifest = manifest_info(data_uri).sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -33,6 +34,7 @@ from training.evaluation.reference import EvaluationDataError, ReferenceClips
 
 METRICS = ("val_loss", "fvd", "kvd", "fad")
 """All lower-is-better."""
+LOSS_PARTS = ("loss", "video_loss", "audio_loss")
 
 Generator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """`generate(n) -> (video uint8 [n, F, H, W, 3], audio float [n, 1, L] in [-1, 1])`."""
@@ -101,7 +103,9 @@ _Work = tuple[int, int, torch.Tensor, torch.Tensor]
 @torch.no_grad()
 def held_out_loss(model: BundledModel, clips: ReferenceClips, config: EvaluationConfig) -> dict[str, float]:
     """Mean joint, video and audio diffusion loss over every clip × every fixed timestep,
-    with the model's own diffusion process.
+    with the model's own diffusion process (`val_loss`, `val_video_loss`, `val_audio_loss`),
+    and each over the timesteps of every quarter of the schedule that has some
+    (`val_loss_q0` … `val_loss_q3`, the quartiles of the training metrics).
 
     Clip i's noise comes from a generator seeded with (noise_seed, i), in timestep order, so
     it does not depend on the batch size or on the model. Randomness inside the network (the
@@ -122,12 +126,14 @@ def held_out_loss(model: BundledModel, clips: ReferenceClips, config: Evaluation
             video_noise = torch.randn((frames, channels, height, width), generator=generator)
             audio_noise = torch.randn(clips.audio.shape[1:], generator=generator)
             work.append((index, t, video_noise, audio_noise))
-    totals = {"loss": 0.0, "video_loss": 0.0, "audio_loss": 0.0}
+    totals: dict[str, float] = defaultdict(float)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.noise_seed)
         for start in range(0, len(work), config.batch_size):
             _add_batch_loss(model.network, diffusion, work[start : start + config.batch_size], clips, totals)
-    return {f"val_{name}": total / len(work) for name, total in totals.items()}
+    counts = Counter(f"_q{int(diffusion.quartile(torch.tensor(t)))}" for _, t, *_ in work)
+    counts[""] = len(work)
+    return {f"val_{name}{part}": totals[name + part] / count for name in LOSS_PARTS for part, count in counts.items()}
 
 
 def _add_batch_loss(
@@ -144,8 +150,12 @@ def _add_batch_loss(
     t = torch.tensor([step for _, step, *_ in batch], device=device)
     noise = (torch.stack([item[2] for item in batch]).to(device), torch.stack([item[3] for item in batch]).to(device))
     losses = diffusion.joint_loss(network, video, audio, t, noise=noise)
-    for name in totals:
-        totals[name] += float(losses[name].sum())
+    quartiles = diffusion.quartile(t).tolist()
+    for name in LOSS_PARTS:
+        values = losses[name].double().cpu().tolist()
+        totals[name] += sum(values)
+        for quartile, value in zip(quartiles, values, strict=True):
+            totals[f"{name}_q{quartile}"] += value
 
 
 @dataclass(frozen=True)
