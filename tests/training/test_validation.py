@@ -4,7 +4,6 @@ held-out loss and EMA samples into its MLflow run at the asked-for steps."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import pytest
@@ -70,22 +69,23 @@ def test_a_run_logs_held_out_losses_and_decodable_samples_at_the_asked_steps(
         return [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
 
     assert [step for step, _ in history("val_loss")] == [1, 2, 3, 4]
-    for name in ("val_video_loss", "val_audio_loss", "val_raw_loss", *QUARTILE_METRICS):
+    for name in ("val_video_loss", "val_audio_loss", "val_seconds", *QUARTILE_METRICS):
         assert [step for step, _ in history(name)] == [1, 2, 3, 4], name
-    last = {name: history(name)[-1][1] for name in ("val_loss", "val_video_loss", "val_audio_loss", "val_raw_loss")}
+    last = {name: history(name)[-1][1] for name in ("val_loss", "val_video_loss", "val_audio_loss", *QUARTILE_METRICS)}
     assert last["val_loss"] == pytest.approx(last["val_video_loss"] + last["val_audio_loss"])
-    assert len({value for _, value in history("val_raw_loss")}) == 4  # the weights moved every step
+    assert last["val_loss"] == pytest.approx(sum(last[f"val_loss_q{q}"] for q in range(4)) / 4)  # one timestep each
+    assert len({value for _, value in history("val_loss")}) == 4  # the EMA moved every step
 
-    # The same weights validated again (twice) give exactly the logged numbers: fixed timesteps
-    # and noise, the EMA's as val_loss and the raw weights' as val_raw_loss.
+    # The final EMA validated again (twice) gives exactly the logged numbers (fixed timesteps and
+    # noise); the raw weights, which the EMA trails, give others.
     task = make_task(config)
     ema = resolve_model(result.checkpoint, "coupled_unet", weights="ema")
     raw = resolve_model(result.checkpoint, "coupled_unet", weights="raw")
     watch = TrainingWatch(config, task, ema.bundle, MetricLogger("unused", run_id, enabled=False))
-    trainee = SimpleNamespace(ema=SimpleNamespace(model=ema.network), model=raw.network)
-    again = [watch.validate(4, trainee) for _ in range(2)]  # type: ignore[arg-type]
+    again = [watch.validate(4, ema.network) for _ in range(2)]
     for name, value in last.items():
         assert again[0][name] == again[1][name] == value, name
+    assert watch.validate(4, raw.network)["val_loss"] != last["val_loss"]
     assert len(watch.held_out_clips()) == 1  # the held-out split's one clip, not the training clips
 
     folders = [entry.path for entry in client.list_artifacts(run_id, "samples")]
