@@ -30,6 +30,8 @@ import av
 import numpy as np
 
 from mmdiffusion.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
+from pipeline.faults import RetryPolicy
+from pipeline.parts import finished_units, read_parts
 from pipeline.run import PreprocessConfig, preprocess
 
 WIDTH, HEIGHT, SOURCE_FPS, SOURCE_RATE = 640, 360, 30, 44_100
@@ -127,7 +129,7 @@ def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> tuple
 
 def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
     shutil.rmtree(output, ignore_errors=True)
-    started = time.perf_counter()
+    started_epoch, started = time.time(), time.perf_counter()
     stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
     seconds = time.perf_counter() - started
     return {
@@ -137,6 +139,33 @@ def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
         "clips_per_second": round(stats.clips / seconds, 2),
         "bytes_per_clip": round(stats.bytes_per_clip),
         "worker_cpu_ms_per_clip": round(1000 * stats.cpu_seconds / stats.clips, 1),
+        "where_the_time_goes": timeline(output, started_epoch, started_epoch + seconds, workers),
+    }
+
+
+def timeline(output: Path, started: float, ended: float, workers: int) -> dict:
+    """Where the workers' time went, from the units' own start times and durations: the
+    driver before the first unit, the units, the driver after the last, and the worker
+    time left idle inside the span (the second worker's late start, the tail of the last
+    unit, scheduling gaps)."""
+    policy = RetryPolicy()
+    records = [record for _, record in read_parts(str(output), sorted(finished_units(str(output), policy)), policy)]
+    first = min(record.started for record in records)
+    last = max(record.started + record.seconds for record in records)
+    busy = sum(record.seconds for record in records)
+    ends: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    for record in records:
+        ends[record.worker] = max(ends.get(record.worker, 0.0), record.started + record.seconds)
+        starts[record.worker] = min(starts.get(record.worker, float("inf")), record.started)
+    return {
+        "driver_before_first_unit_s": round(first - started, 2),
+        "units_span_s": round(last - first, 2),
+        "driver_after_last_unit_s": round(ended - last, 2),
+        "worker_processes": len(ends),
+        "idle_worker_seconds_in_span": round(workers * (last - first) - busy, 2),
+        "late_start_of_other_workers_s": round(sum(start - first for start in starts.values()), 2),
+        "tail_after_other_workers_s": round(sum(last - end for end in ends.values()), 2),
     }
 
 
@@ -153,27 +182,30 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the ffmpeg CLI is needed for the floor (Debian: apt-get install ffmpeg)")
     import ray
 
+    load_before = [round(value, 1) for value in os.getloadavg()]
     corpus = args.workdir / f"corpus-{args.videos}x{args.seconds:g}s"
     paths = build_corpus(corpus, args.videos, args.seconds)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    time_preprocess(corpus, args.workdir / "warmup", 2)  # actor code and imports warm in the object store
-    attempts = [
-        time_preprocess(corpus, args.workdir / f"out-{workers}", workers)
-        for _ in range(args.repeats)
-        for workers in (1, 2)
-    ]
+    time_preprocess(corpus, args.workdir / "warmup", 2)  # worker processes and imports warm
+    attempts, sequential, parallel = [], [], []
+    for _ in range(args.repeats):  # pipeline and floor back to back, so that both see the same load
+        for workers in (2, 1):
+            attempts.append(time_preprocess(corpus, args.workdir / f"out-{workers}", workers))
+        parallel.append(time_ffmpeg(paths, processes=2, threads=1))
+        sequential.append(time_ffmpeg(paths, processes=1, threads=None)[0])
     ray.shutdown()
     runs = [
         min((run for run in attempts if run["workers"] == workers), key=lambda run: run["seconds"])
         for workers in (1, 2)
     ]
     clips = runs[0]["clips"]
-    floor_sequential = min(time_ffmpeg(paths, processes=1, threads=None)[0] for _ in range(args.repeats))
-    floor_parallel, floor_cpu = min(time_ffmpeg(paths, processes=2, threads=1) for _ in range(args.repeats))
+    floor_sequential = min(sequential)
+    floor_parallel, floor_cpu = min(parallel)
     floor_seconds = min(floor_sequential, floor_parallel)
     result = {
         "corpus": {"videos": args.videos, "seconds_each": args.seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": SOURCE_FPS},
         "load_average_1min": round(os.getloadavg()[0], 1),
+        "load_average_before_1_5_15min": load_before,
         "ffmpeg_floor": {
             "sequential_threaded_s": round(floor_sequential, 2),
             "two_processes_s": round(floor_parallel, 2),

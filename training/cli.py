@@ -41,7 +41,14 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
         float,
         "share of the source videos held out from training, by a hash of each source's URI (default 0.05)",
     ),
+    "--filter": (
+        "filter",
+        str,
+        "train only on the manifest rows this expression keeps, e.g. 'audio_rms_db > -50 and scene_cuts == 0'",
+    ),
     "--seed": ("seed", int, "random seed"),
+    "--prefetch": ("prefetch", int, "batches decoded ahead of the step in a background thread (default 2; 0: none)"),
+    "--decode-threads": ("decode_threads", int, "threads decoding samples for the prefetching thread (default 1)"),
 }
 
 

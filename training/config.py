@@ -20,6 +20,7 @@ from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
 from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit
 from training.ema import EMASchedule
+from training.loader import DEFAULT_DECODE_THREADS, DEFAULT_PREFETCH
 
 Task = Literal["coupled", "sr"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -72,11 +73,19 @@ class TrainConfig:
     keep_checkpoints: int = 3
     shuffle_buffer: int = 64
     flip: bool = True
+    prefetch: int = DEFAULT_PREFETCH
+    """Batches the loader makes ahead of the step in a background thread; 0: in the training thread."""
+    decode_threads: int = DEFAULT_DECODE_THREADS
+    """Threads decoding samples for the prefetching thread."""
     sr_frames_per_clip: int = 1
-    """SR training: frames drawn from each clip per batch."""
+    """SR training: frames drawn from each clip per batch, picked by the loader before decoding."""
     held_out_share: float = DEFAULT_HELD_OUT_SHARE
     """Share of the source videos held out from training (`pipeline.shard_format.DataSplit`):
     training reads the others only; evaluation and validation read these."""
+    filter: str | None = None
+    """Train only on the manifest rows this expression keeps (`training.selection`), e.g.
+    `audio_rms_db > -50 and scene_cuts == 0 and duplicate_of is null`; checked against the
+    manifest's columns before any worker starts."""
     seed: int = 0
     run_name: str = "mmdiff-train"
     experiment: str = "mmdiffusion"
@@ -111,12 +120,15 @@ class TrainConfig:
             "val_clips",
             "sample_clips",
             "sample_steps",
+            "decode_threads",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("val_every", "sample_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        if self.prefetch < 0:
+            problems.append(f"prefetch must be at least 0, got {self.prefetch}")
         problems.extend(self.ema_schedule().problems())
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")

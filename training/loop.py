@@ -30,6 +30,7 @@ from training.faults import CrashDrill
 from training.loader import ClipLoader, DataPosition
 from training.metrics import IntervalMetrics, all_workers_agree, sum_over_workers
 from training.resolver import resolve_model
+from training.selection import select_manifest
 from training.session import RaySession, Session
 from training.state import RunState, read_position, read_state, restore_weights, write_checkpoint
 from training.tasks import Task, make_task
@@ -100,6 +101,10 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         seed=config.seed,
         position=position,
         split=config.training_split(),
+        selected=select_manifest(config.data, config.filter).keys if config.filter else None,
+        prefetch=config.prefetch,
+        decode_threads=config.decode_threads,
+        pin_memory=session.device.type == "cuda",
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
@@ -129,6 +134,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
+        loader.close()
         logger.close(finished)
 
 

@@ -18,12 +18,13 @@ from typing import Any
 
 from mmdiffusion.bundle import model_kind
 from pipeline.credentials import forwarded_settings
-from pipeline.shard_format import list_shards, manifest_info
+from pipeline.shard_format import DataError, list_shards, manifest_info
 from pipeline.storage import is_remote, join, resolve, write_atomically
 from training.config import TrainConfig
 from training.loop import loop_config, train_loop
 from training.plots import plot_loss_curves
 from training.resolver import check_model_source, resolve_model
+from training.selection import ManifestSelection, select_manifest
 from training.session import LocalSession
 from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take_stop_reason
 
@@ -63,8 +64,9 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     shards = list_shards(config.data)  # a missing path or no shards fails here, before any worker
     if config.init_from:
         check_model_source(config.init_from, model_kind(config.model_config()))
+    selection = _checked_selection(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
-    run_id = open_run(config, tracking_uri, len(shards))
+    run_id = open_run(config, tracking_uri, len(shards), selection)
     take_stop_reason(tracking_uri, run_id)  # a stop of an earlier attempt is history now
     inputs = loop_config(config, shards, run_id, tracking_uri, manifest_info(config.data).sha256)
     if in_process:
@@ -84,6 +86,23 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     if checkpoint_uri is None:
         raise RuntimeError(f"run {config.run_name!r} ended without a checkpoint")
     return _finish(config, run_id, tracking_uri, checkpoint_uri, metrics)
+
+
+def _checked_selection(config: TrainConfig) -> ManifestSelection | None:
+    """The `--filter` selection, checked on the driver: a bad expression, an unknown column or a
+    filter that keeps nothing fails here, before any worker starts."""
+    if not config.filter:
+        return None
+    try:
+        selection = select_manifest(config.data, config.filter)
+    except FileNotFoundError as error:
+        raise DataError(f"--filter needs the dataset's manifest: {error}") from None
+    if selection.kept_clips == 0:
+        raise DataError(
+            f"--filter {config.filter!r} keeps none of the {selection.manifest_clips} clips of {config.data}"
+        )
+    log.info("--filter %r keeps %d of %d clips", config.filter, selection.kept_clips, selection.manifest_clips)
+    return selection
 
 
 def train_sr(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
