@@ -65,8 +65,8 @@ GUIDANCE = 1.0
 """λ of the gradient method (`mmdiff sample`'s default)."""
 VIDEO_PSNR_DB = 18.0
 """A sample reproduces its clip's video at this PSNR or above. Measured (docs/benchmarks.md,
-2 clips, 120 steps): correct chains from t = 300 reach 21.1-21.9 dB; ε sign flipped 5.7-6.3 dB,
-ε halved 12.5-14.2 dB, the untrained network 8.2-9.6 dB."""
+2 clips, 120 and 300 steps): correct chains from t = 300 reach 21.1-24.1 dB; ε sign flipped
+5.7-6.3 dB, ε halved 12.5-14.6 dB, the untrained network 8.2-9.6 dB."""
 AUDIO_CORRELATION = 0.5
 """... and its clip's audio at this waveform correlation or above: not reached on CPU budgets
 (0.27-0.33 after 120 steps against 0.16-0.24 for the broken chains); the audio is learnt later."""
