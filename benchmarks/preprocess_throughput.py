@@ -1,6 +1,7 @@
-"""Preprocessing throughput: `pipeline.run.preprocess` with 1 and 2 workers against the floor
-of decoding the same files with the ffmpeg CLI to the same outputs (10 fps 64x64 rgb24 video
-and 16 kHz mono s16le audio, both to /dev/null).
+"""Preprocessing throughput: `pipeline.run.preprocess` with 1 and 2 workers (curation signals
+on, the default) against the floor of decoding the same files with the ffmpeg CLI to the same
+outputs (10 fps 64x64 rgb24 video and 16 kHz mono s16le audio, both to /dev/null); and 2
+workers with `--no-signals`, for the signals' share of the workers' CPU per clip.
 
 Each setting runs --repeats times, interleaved, and the fastest run counts, since the
 machine is shared with other work. The corpus is synthetic but shaped like web video: 640x360 H.264 at 30 fps with a textured,
@@ -127,13 +128,17 @@ def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> tuple
     return time.perf_counter() - started, _children_cpu_seconds() - started_cpu
 
 
-def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
+def time_preprocess(corpus: Path, output: Path, workers: int, signals: bool = True) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     started_epoch, started = time.time(), time.perf_counter()
-    stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
+    config = PreprocessConfig(
+        input=str(corpus), output=str(output), workers=workers, videos_per_shard=2, signals=signals
+    )
+    stats = preprocess(config)
     seconds = time.perf_counter() - started
     return {
         "workers": workers,
+        "signals": signals,
         "clips": stats.clips,
         "seconds": round(seconds, 2),
         "clips_per_second": round(stats.clips / seconds, 2),
@@ -189,15 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     time_preprocess(corpus, args.workdir / "warmup", 2)  # worker processes and imports warm
     attempts, sequential, parallel = [], [], []
     for _ in range(args.repeats):  # pipeline and floor back to back, so that both see the same load
-        for workers in (2, 1):
-            attempts.append(time_preprocess(corpus, args.workdir / f"out-{workers}", workers))
+        for workers, signals in ((2, True), (1, True), (2, False)):
+            output = args.workdir / f"out-{workers}-{'signals' if signals else 'plain'}"
+            attempts.append(time_preprocess(corpus, output, workers, signals))
         parallel.append(time_ffmpeg(paths, processes=2, threads=1))
         sequential.append(time_ffmpeg(paths, processes=1, threads=None)[0])
     ray.shutdown()
     runs = [
-        min((run for run in attempts if run["workers"] == workers), key=lambda run: run["seconds"])
-        for workers in (1, 2)
+        min((run for run in attempts if (run["workers"], run["signals"]) == setting), key=lambda run: run["seconds"])
+        for setting in ((1, True), (2, True), (2, False))
     ]
+    cpu_with, cpu_without = (
+        min(run["worker_cpu_ms_per_clip"] for run in attempts if run["signals"] == on) for on in (True, False)
+    )
     clips = runs[0]["clips"]
     floor_sequential = min(sequential)
     floor_parallel, floor_cpu = min(parallel)
@@ -215,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess": runs,
         "ratio_2_workers_to_floor": round(runs[1]["clips_per_second"] / (clips / floor_seconds), 2),
         "speedup_1_to_2_workers": round(runs[1]["clips_per_second"] / runs[0]["clips_per_second"], 2),
+        "signals": {
+            "worker_cpu_ms_per_clip_with": cpu_with,
+            "worker_cpu_ms_per_clip_without": cpu_without,
+            "share_of_the_decode": round((cpu_with - cpu_without) / cpu_without, 3),
+            "ratio_2_workers_without_signals_to_floor": round(runs[2]["clips_per_second"] / (clips / floor_seconds), 2),
+        },
     }
     print(json.dumps(result, indent=2))
     return 0

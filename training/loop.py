@@ -22,6 +22,7 @@ from torch import nn
 
 from mmdiffusion.bundle import KIND_NAMES, ModelBundle, Provenance, describe_diffusion, model_kind
 from mmdiffusion.checkpoint import load_checked_state_dict
+from mmdiffusion.device import AUTOCAST_DTYPES, device_settings
 from mmdiffusion.diffusion import DiffusionConfig
 from pipeline.credentials import redact
 from training.config import TrainConfig
@@ -38,8 +39,6 @@ from training.tracking import MetricLogger
 from training.validation import TrainingWatch
 
 log = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def loop_config(
@@ -79,6 +78,9 @@ class Trainee:
 def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> LoopOutcome:
     config = TrainConfig.from_dict(loop_inputs["config"])
     session = session or RaySession()
+    settings = device_settings(session.device, config.precision)  # `auto` made concrete, CUDA defaults
+    settings.apply()
+    config = config.replace(precision=settings.precision)
     task = make_task(config)
     with session.latest_checkpoint() as folder:
         trainee = build_trainee(config, session, task, folder)
@@ -153,7 +155,12 @@ def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint:
         model,
         prepared,
         ema,
-        torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        torch.optim.AdamW(
+            prepared.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=device_settings(session.device, config.precision).fused_adamw or None,
+        ),
         torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
     )
     if checkpoint is not None:

@@ -53,6 +53,12 @@ def test_a_manifest_without_any_candidate_pair_has_no_duplicates(curation_media,
     assert table["duplicate_of"].null_count == len(names) and report.duplicates == report.candidate_pairs == 0
 
 
+def test_no_pair_to_compare_gives_no_distances() -> None:
+    """When no candidate pair passes the video test, the audio test gets empty arrays."""
+    empty = np.zeros((0, 64), dtype=np.uint8)
+    assert audio_distance_db(empty, empty).shape == (0,)
+
+
 def test_overlapping_clips_of_one_source_are_not_duplicates(curation_media: CurationMedia) -> None:
     path = str(curation_media.paths["tone"])  # a steady sound: shifted clips sound the same
     info, clips = open_source(path, ClipOptions(stride_frames=1, max_clips=4))
