@@ -41,10 +41,15 @@ from training.evaluation.provenance import MIN_STABLE_N, MetricProvenance
 from training.evaluation.reference import HELD_OUT, EvaluationDataError, ReferenceClips
 from training.evaluation.sync import sync_metrics
 
+LOSS_PARTS = ("loss", "video_loss", "audio_loss")
+QUARTILES = 4
+"""The held-out loss is also reported per quartile of the diffusion's timesteps (`_q0` … `_q3`)."""
 METRICS = ("val_loss", "fvd", "kvd", "fad", "sync", "memorisation")
 """What `--metrics` names; each reports the values of `REPORTED`."""
 REPORTED: dict[str, tuple[str, ...]] = {
-    "val_loss": ("val_loss", "val_video_loss", "val_audio_loss"),
+    "val_loss": tuple(
+        f"val_{part}{quartile}" for quartile in ("", *(f"_q{q}" for q in range(QUARTILES))) for part in LOSS_PARTS
+    ),
     "fvd": ("fvd",),
     "kvd": ("kvd",),
     "fad": ("fad",),
@@ -68,8 +73,6 @@ def reported_by(name: str) -> str:
             return metric
     raise ValueError(f"{name!r} is not a value any metric reports; metrics: {', '.join(METRICS)}")
 
-
-LOSS_PARTS = ("loss", "video_loss", "audio_loss")
 
 Generator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """`generate(n) -> (video uint8 [n, F, H, W, 3], audio float [n, 1, L] in [-1, 1])`."""
