@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "mmdiff-demo"
+TRAINING_SAMPLE_STEPS = 10
+"""DPM-Solver++ steps of the samples the training run logs (at most the demo's --sampler-steps)."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,25 @@ class DemoConfig:
     samples: int = 2
     sampler_steps: int = 25
     eval_clips: int = 8
+    held_out_videos: int = 2
+    """Source videos held out from training: validation and evaluation read their clips."""
+    val_every: int = 50
+    """Steps between the training run's held-out losses (2 clips) in MLflow; 0: none."""
+    sample_every: int = 50
+    """Steps between the training run's samples (1 clip, DPM-Solver++ 10) in MLflow; 0: none."""
     model_name: str = DEFAULT_MODEL_NAME
     run_name: str = field(default_factory=lambda: time.strftime("demo-%Y%m%d-%H%M%S"))
 
     def __post_init__(self) -> None:
-        for name in ("videos", "steps", "batch_size", "workers", "samples", "sampler_steps", "eval_clips"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in (*_COUNTS, *_INTERVALS):
+            least = 1 if name in _COUNTS else 0
+            if getattr(self, name) < least:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
+
+
+_COUNTS = ("videos", "steps", "batch_size", "workers", "samples", "sampler_steps", "eval_clips", "held_out_videos")
+_INTERVALS = ("val_every", "sample_every")
+"""0 turns them off."""
 
 
 Runner = Callable[[str, list[str]], int]
@@ -97,6 +111,25 @@ def newest_version(model_name: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
+def held_out_share(data: str, videos: int) -> float:
+    """The held-out share that holds out exactly `videos` of the preprocessed source videos
+    (those placed lowest by `pipeline.shard_format.source_position`): a fixed share of a
+    dozen videos may hold out none of them."""
+    import pyarrow.parquet as pq
+
+    from pipeline.shard_format import MANIFEST_FILE, source_position
+    from pipeline.storage import join, resolve
+
+    filesystem, path = resolve(join(data, MANIFEST_FILE))
+    keys = pq.read_table(path, columns=["key"], filesystem=filesystem)["key"].to_pylist()
+    positions = sorted({source_position(key) for key in keys})
+    if len(positions) <= videos:
+        raise SystemExit(
+            f"mmdiff demo: {len(positions)} source videos were preprocessed; holding out {videos} leaves none to train on"
+        )
+    return (positions[videos - 1] + positions[videos]) / 2
+
+
 def run_demo(config: DemoConfig) -> dict[str, str]:
     """Run every stage; return where each output is."""
     from pipeline.synthetic import write_demo_corpus
@@ -124,8 +157,10 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
         "preprocess",
         ["--input", corpus, "--output", data, "--workers", str(config.workers)],
     )
+    share = held_out_share(data, config.held_out_videos)
     stages.run(
-        f"train the {config.model_config} coupled U-Net with {config.workers} DDP workers (Ray Train)",
+        f"train the {config.model_config} coupled U-Net with {config.workers} DDP workers (Ray Train), "
+        f"holding out {config.held_out_videos} videos",
         "train",
         [
             "--data",
@@ -146,6 +181,18 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
             "10",
             "--checkpoint-every",
             str(max(config.steps // 3, 1)),
+            "--held-out-share",
+            f"{share:.12f}",
+            "--val-every",
+            str(config.val_every),
+            "--val-clips",
+            "2",
+            "--sample-every",
+            str(config.sample_every),
+            "--sample-clips",
+            "1",
+            "--sample-steps",
+            str(min(TRAINING_SAMPLE_STEPS, config.sampler_steps)),
             "--run-name",
             config.run_name,
             "--register-as",
@@ -190,6 +237,7 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
         "corpus": corpus,
         "shards": f"{data}/shards",
         "checkpoints and loss curve": f"{runs}/{config.run_name}",
+        "training run in MLflow": f"{config.run_name}: val_loss every {config.val_every} steps, samples/step_*",
         "samples (mp4 + PNG)": str(samples),
         "registered model": f"models:/{config.model_name}/{version} (champion: models:/{config.model_name}@champion)",
         "MLflow": os.environ["MLFLOW_TRACKING_URI"],
@@ -219,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stack", action="store_true", help="run through `ray job submit` on the local stack (make stack)"
     )
-    for name in ("videos", "steps", "batch_size", "workers", "samples", "sampler_steps", "eval_clips"):
+    for name in (*_COUNTS, *_INTERVALS):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help="default %(default)s"
         )

@@ -20,6 +20,7 @@ from mmdiffusion.bundle import describe_bundle
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.constants import FRAMES, IMAGE_SIZE
 from mmdiffusion.device import device_settings, resolve_device
+from mmdiffusion.media import write_sample
 from mmdiffusion.pipeline import MMDiffusionPipeline
 from mmdiffusion.sampling import DEFAULT_STEPS, SAMPLERS, SR_SAMPLER, SamplerConfig, ZeroShotCondition, clip_shapes
 from mmdiffusion.sampling.conditioning import METHODS
@@ -159,23 +160,6 @@ def run_sampling(config: SampleConfig) -> list[Path]:
                     None if batch.video_sr is None else batch.video_sr[offset],
                 )
     return written
-
-
-def write_sample(
-    output: Path, index: int, video: torch.Tensor, audio: torch.Tensor, video_sr: torch.Tensor | None
-) -> list[Path]:
-    """`sample_NNN.mp4` (base size), `sample_NNN_<size>.mp4` with SR, `sample_NNN_frames.png`
-    (the largest frames) and `sample_NNN_audio.png`."""
-    stem = Path(output) / f"sample_{index:03d}"
-    frames = media.video_to_uint8(video)
-    sound = media.audio_to_int16(audio)
-    paths = [media.write_mp4(stem.with_suffix(".mp4"), frames, sound)]
-    if video_sr is not None:
-        frames = media.video_to_uint8(video_sr)
-        paths.append(media.write_mp4(stem.with_name(f"{stem.name}_{frames.shape[1]}.mp4"), frames, sound))
-    paths.append(media.write_contact_sheet(stem.with_name(f"{stem.name}_frames.png"), frames))
-    paths.append(media.write_audio_plot(stem.with_name(f"{stem.name}_audio.png"), sound))
-    return paths
 
 
 # ---------------------------------------------------------------------- command line

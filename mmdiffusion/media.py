@@ -123,3 +123,22 @@ def write_audio_plot(path: str | Path, audio: np.ndarray, sample_rate: int = SAM
     figure.tight_layout()
     figure.savefig(path, format="png")
     return path
+
+
+# ---------------------------------------------------------------------- one sample's files
+def write_sample(
+    output: Path, index: int, video: torch.Tensor, audio: torch.Tensor, video_sr: torch.Tensor | None
+) -> list[Path]:
+    """The files of one sampled clip in `output` (model tensors in [-1, 1]): `sample_NNN.mp4`
+    (base size), `sample_NNN_<size>.mp4` with SR, `sample_NNN_frames.png` (the largest frames)
+    and `sample_NNN_audio.png`. What `mmdiff sample` writes and training logs to MLflow."""
+    stem = Path(output) / f"sample_{index:03d}"
+    frames = video_to_uint8(video)
+    sound = audio_to_int16(audio)
+    paths = [write_mp4(stem.with_suffix(".mp4"), frames, sound)]
+    if video_sr is not None:
+        frames = video_to_uint8(video_sr)
+        paths.append(write_mp4(stem.with_name(f"{stem.name}_{frames.shape[1]}.mp4"), frames, sound))
+    paths.append(write_contact_sheet(stem.with_name(f"{stem.name}_frames.png"), frames))
+    paths.append(write_audio_plot(stem.with_name(f"{stem.name}_audio.png"), sound))
+    return paths

@@ -68,6 +68,15 @@ class TrainConfig:
     ema_update_after_step: int = EMASchedule.update_after_step
     ema_min_decay: float = EMASchedule.min_decay
     log_every: int = 10
+    val_every: int = 1000
+    """Steps between held-out losses logged by rank 0 (`training.validation`); 0: none."""
+    sample_every: int = 5000
+    """Steps between samples from the EMA weights logged as mp4 and PNG files; 0: none."""
+    val_clips: int = 8
+    """Held-out clips the validation loss is measured on (the first of the held-out split)."""
+    sample_clips: int = 2
+    sample_steps: int = 20
+    """DPM-Solver++ steps of those samples."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     shuffle_buffer: int = 64
@@ -124,10 +133,16 @@ class TrainConfig:
             "shuffle_buffer",
             "sr_frames_per_clip",
             "max_nonfinite",
+            "val_clips",
+            "sample_clips",
+            "sample_steps",
             "decode_threads",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_every", "sample_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
         if self.prefetch < 0:
             problems.append(f"prefetch must be at least 0, got {self.prefetch}")
         problems.extend(self.ema_schedule().problems())
@@ -145,6 +160,11 @@ class TrainConfig:
             ModelBundle.describe(self.model_config(), self.diffusion_config())
         except (TypeError, ValueError) as error:
             raise ValueError(f"invalid training config: {error}") from None
+        if self.sample_every and self.sample_steps > self.diffusion_config().steps:
+            raise ValueError(
+                f"invalid training config: sample_steps ({self.sample_steps}) exceeds the diffusion's "
+                f"{self.diffusion_config().steps} steps"
+            )
 
     @property
     def worker_range(self) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from training.session import RaySession, Session
 from training.state import RunState, read_position, read_state, restore_weights, write_checkpoint
 from training.tasks import Task, make_task
 from training.tracking import MetricLogger
+from training.validation import TrainingWatch
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
     try:
         if resumed_from is not None:
             logger.log({"resumed_from_step": float(resumed_from)}, step=resumed_from)
-        outcome = _run_steps(config, session, task, trainee, loader, logger, state, bundle)
+        watch = TrainingWatch.for_worker(config, task, bundle, logger, session.rank)
+        outcome = _run_steps(config, session, task, trainee, loader, logger, state, bundle, watch)
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
@@ -175,8 +177,10 @@ def _run_steps(
     logger: MetricLogger,
     state: RunState,
     bundle: ModelBundle,
+    watch: TrainingWatch | None = None,
 ) -> LoopOutcome:
-    """Train up to `config.steps`; checkpoints carry `bundle` with their step."""
+    """Train up to `config.steps`; checkpoints carry `bundle` with their step; rank 0's `watch`
+    validates and samples (no collective inside: the ranks' reports stay in step)."""
     batches = iter(loader)
     interval = IntervalMetrics(task.loss_names, session.device)
     step, nonfinite, consecutive, skipped = state.step, state.nonfinite_steps, 0, state.skipped_steps
@@ -225,6 +229,8 @@ def _run_steps(
                 "epoch": float(loader.position.epoch),
             }
             logger.log(metrics, step=step)
+        if watch is not None:
+            watch.after_step(step, trainee)
         if checkpointing_now:
             run_state = RunState(
                 step,

@@ -128,6 +128,19 @@ class MetricLogger:
 
             mlflow.log_metrics(metrics, step=step)
 
+    def tag(self, name: str, value: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tag(name, value)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        """The files of `folder` into the run under `artifact_path`."""
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifacts(str(folder), artifact_path)
+
     def stop(self, reason: str) -> None:
         if self.enabled:
             import mlflow

@@ -2,7 +2,7 @@
 and super-resolution. The networks know nothing of this package."""
 
 from mmdiffusion.sampling.conditioning import ZeroShotCondition
-from mmdiffusion.sampling.joint import clip_shapes, sample_joint
+from mmdiffusion.sampling.joint import NoisedStart, clip_shapes, sample_joint
 from mmdiffusion.sampling.schedulers import DEFAULT_STEPS, SAMPLERS, ModalitySampler, SamplerConfig
 from mmdiffusion.sampling.super_res import (
     SR_SAMPLER,
@@ -16,6 +16,7 @@ __all__ = [
     "SAMPLERS",
     "SR_SAMPLER",
     "ModalitySampler",
+    "NoisedStart",
     "SamplerConfig",
     "ZeroShotCondition",
     "clip_shapes",

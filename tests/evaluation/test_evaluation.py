@@ -104,7 +104,8 @@ def test_evaluate_draws_samples_from_the_model_and_its_provenance_round_trips_th
         metrics=("val_loss", "fad"), sampler=SamplerConfig(name="ddim", steps=1), num_samples=2, batch_size=2
     )
     result = evaluate(BundledModel.of(micro_model(seed=0)), clips, config)
-    assert set(result.metrics) == {"val_loss", "val_video_loss", "val_audio_loss", "fad"}
+    quartiles = {f"val_{part}_q{q}" for part in ("loss", "video_loss", "audio_loss") for q in range(4)}
+    assert set(result.metrics) == {"val_loss", "val_video_loss", "val_audio_loss", "fad", *quartiles}
     assert np.isfinite(result.metrics["fad"]) and result.metrics["fad"] > 0
     assert result.data_digest == clips.digest and result.num_clips == 2
 

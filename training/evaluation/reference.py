@@ -71,8 +71,11 @@ def split_for(part: Split, bundle: ModelBundle | None = None, held_out_share: fl
     return DataSplit(part, DEFAULT_HELD_OUT_SHARE if held_out_share is None else held_out_share)
 
 
-def read_reference_clips(data_uri: str, limit: int, split: DataSplit = HELD_OUT) -> ReferenceClips:
-    """The first `limit` decodable clips of `split` of the dataset, in shard order."""
+def read_reference_clips(
+    data_uri: str, limit: int, split: DataSplit = HELD_OUT, spec: SampleSpec = CLIP_SPEC
+) -> ReferenceClips:
+    """The first `limit` decodable clips of `split` of the dataset, in shard order, of the
+    geometry `spec` (training's validation reads its own model's)."""
     try:
         shards = list_shards(data_uri, purpose="evaluation")
     except DataError as error:
@@ -83,7 +86,7 @@ def read_reference_clips(data_uri: str, limit: int, split: DataSplit = HELD_OUT)
         if not split.keeps(str(sample.get("__key__", ""))):
             continue
         try:
-            arrays = decode_sample(sample, CLIP_SPEC)
+            arrays = decode_sample(sample, spec)
         except ValueError as error:
             problems.append(f"{sample.get('__url__', '?')}: {error}")
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -40,10 +41,15 @@ from training.evaluation.provenance import MIN_STABLE_N, MetricProvenance
 from training.evaluation.reference import HELD_OUT, EvaluationDataError, ReferenceClips
 from training.evaluation.sync import sync_metrics
 
+LOSS_PARTS = ("loss", "video_loss", "audio_loss")
+QUARTILES = 4
+"""The held-out loss is also reported per quartile of the diffusion's timesteps (`_q0` … `_q3`)."""
 METRICS = ("val_loss", "fvd", "kvd", "fad", "sync", "memorisation")
 """What `--metrics` names; each reports the values of `REPORTED`."""
 REPORTED: dict[str, tuple[str, ...]] = {
-    "val_loss": ("val_loss", "val_video_loss", "val_audio_loss"),
+    "val_loss": tuple(
+        f"val_{part}{quartile}" for quartile in ("", *(f"_q{q}" for q in range(QUARTILES))) for part in LOSS_PARTS
+    ),
     "fvd": ("fvd",),
     "kvd": ("kvd",),
     "fad": ("fad",),
@@ -180,7 +186,9 @@ _Work = tuple[int, int, torch.Tensor, torch.Tensor]
 @torch.no_grad()
 def held_out_loss(model: BundledModel, clips: ReferenceClips, config: EvaluationConfig) -> dict[str, float]:
     """Mean joint, video and audio diffusion loss over every clip × every fixed timestep,
-    with the model's own diffusion process.
+    with the model's own diffusion process (`val_loss`, `val_video_loss`, `val_audio_loss`),
+    and each over the timesteps of every quarter of the schedule that has some
+    (`val_loss_q0` … `val_loss_q3`, the quartiles of the training metrics).
 
     Clip i's noise comes from a generator seeded with (noise_seed, i), in timestep order, so
     it does not depend on the batch size or on the model. Randomness inside the network (the
@@ -201,12 +209,14 @@ def held_out_loss(model: BundledModel, clips: ReferenceClips, config: Evaluation
             video_noise = torch.randn((frames, channels, height, width), generator=generator)
             audio_noise = torch.randn(clips.audio.shape[1:], generator=generator)
             work.append((index, t, video_noise, audio_noise))
-    totals = {"loss": 0.0, "video_loss": 0.0, "audio_loss": 0.0}
+    totals: dict[str, float] = defaultdict(float)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.noise_seed)
         for start in range(0, len(work), config.batch_size):
             _add_batch_loss(model.network, diffusion, work[start : start + config.batch_size], clips, totals)
-    return {f"val_{name}": total / len(work) for name, total in totals.items()}
+    counts = Counter(f"_q{int(diffusion.quartile(torch.tensor(t)))}" for _, t, *_ in work)
+    counts[""] = len(work)
+    return {f"val_{name}{part}": totals[name + part] / count for name in LOSS_PARTS for part, count in counts.items()}
 
 
 def _add_batch_loss(
@@ -223,8 +233,12 @@ def _add_batch_loss(
     t = torch.tensor([step for _, step, *_ in batch], device=device)
     noise = (torch.stack([item[2] for item in batch]).to(device), torch.stack([item[3] for item in batch]).to(device))
     losses = diffusion.joint_loss(network, video, audio, t, noise=noise)
-    for name in totals:
-        totals[name] += float(losses[name].sum())
+    quartiles = diffusion.quartile(t).tolist()
+    for name in LOSS_PARTS:
+        values = losses[name].double().cpu().tolist()
+        totals[name] += sum(values)
+        for quartile, value in zip(quartiles, values, strict=True):
+            totals[f"{name}_q{quartile}"] += value
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""The fast learning check (`benchmarks/learning_check.py` at its smallest): the real training
+loop memorises one 16-pixel ball clip, and the samplers started from that clip noised to
+t = 300 give it back, while a chain that reads the network's ε with the wrong sign or scale,
+or an untrained network, does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import learning_check as lc
+from mmdiffusion.bundle import BundledModel, build_model
+from tests.fixtures.mlflow_server import MlflowServer
+
+START_T = 300
+STEPS = 30
+VIDEO_PSNR_DB = 15.5
+"""Set between what the chains reach on this clip after 30-60 steps (docs/benchmarks.md): correct
+DDIM and DPM-Solver++ 18-20 dB, ε halved 12.1-12.5 dB, ε sign flipped 5.4-5.9 dB, untrained ~8 dB."""
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer):
+    """(EMA model, the clip) after `STEPS` steps on one clip."""
+    folder = tmp_path_factory.mktemp("learning-check")
+    config = lc.LearningCheckConfig(clips=1, steps=STEPS, image_size=16, audio_length=2560, lr=2e-3)
+    video, audio = lc.ball_clips(1, config.image_size, config.audio_length)
+    data = lc.write_clip_shards(folder / "data", video, audio)
+    ema, _ = lc.train_memoriser(
+        config,
+        data,
+        folder / "runs",
+        mlflow_server.tracking_uri,
+        experiment=f"learning-check-{folder.name}",
+        log_every=10,
+    )
+    return ema, lc.as_clips(video, audio)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
+def test_a_noised_training_clip_comes_back_through_the_sampler(memorised, sampler: str) -> None:
+    ema, clip = memorised
+    _, psnr, correlation = lc.reconstruction(ema, clip, lc.SAMPLERS[sampler], START_T)
+    assert psnr.own[0] >= VIDEO_PSNR_DB, (psnr, correlation)
+    assert correlation.own[0] > 0  # reported; the audio needs far more steps (docs/benchmarks.md)
+
+
+@pytest.mark.parametrize("chain", ["eps sign flipped", "eps x 0.5"])
+def test_a_miswired_chain_does_not_give_the_clip_back(memorised, chain: str) -> None:
+    ema, clip = memorised
+    _, psnr, _ = lc.reconstruction(ema, clip, lc.SAMPLERS["ddim"], START_T, lc.CHAINS[chain])
+    assert psnr.own[0] < VIDEO_PSNR_DB - 2, psnr
+
+
+def test_the_untrained_network_does_not_give_the_clip_back(memorised) -> None:
+    ema, clip = memorised
+    torch.manual_seed(0)
+    untrained = BundledModel(build_model(ema.bundle.network), ema.bundle, "untrained")
+    _, psnr, _ = lc.reconstruction(untrained, clip, lc.SAMPLERS["ddim"], START_T)
+    assert psnr.own[0] < VIDEO_PSNR_DB - 2, psnr
+
+
+def test_a_noised_start_needs_a_timestep_the_sampler_has(memorised, tmp_path: Path) -> None:
+    ema, clip = memorised
+    with pytest.raises(ValueError, match="a noised start needs a timestep >= 0"):
+        lc.reconstruction(ema, clip, lc.SAMPLERS["ddim"], -1)
