@@ -27,8 +27,30 @@ def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tens
     return q, k, v
 
 
+MAX_ATTENTION_BATCH = 65_535
+"""The most batch × heads one `scaled_dot_product_attention` call is given. CUDA kernels put
+the batch (or batch × heads) on a grid axis limited to 65,535 blocks, and temporal attention
+has a batch of B·H·W (B·1024 at the paper config's first attention level)."""
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_batch: int) -> torch.Tensor:
+    """`scaled_dot_product_attention` of `[N, heads, T, d]` in slices of the batch axis, each
+    at most `max_batch` × heads; the batch elements are independent, so the result is the same."""
+    rows = max(1, max_batch // q.shape[1])
+    if q.shape[0] <= rows:
+        return F.scaled_dot_product_attention(q, k, v)
+    chunks = [
+        F.scaled_dot_product_attention(*parts)
+        for parts in zip(q.split(rows), k.split(rows), v.split(rows), strict=True)
+    ]
+    return torch.cat(chunks)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the last axis of `[N, C, T]`, with a residual."""
+
+    max_batch: int = MAX_ATTENTION_BATCH
+    """batch × heads per attention call (see `MAX_ATTENTION_BATCH`); tests lower it."""
 
     def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
@@ -39,7 +61,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(self.norm(x)), self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = chunked_attention(q, k, v, self.max_batch)
         return x + self.proj_out(rearrange(out, "n h t d -> n (h d) t"))
 
 
