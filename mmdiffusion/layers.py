@@ -65,9 +65,22 @@ class _RecomputedNormActConv(torch.autograd.Function):
         ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         ctx.save_for_backward(x, gn_weight, gn_bias, scale, shift, mask, weight)
-        return torch.ops.aten.convolution(
-            h, weight, bias, [1] * len(padding), padding, dilation, False, [0] * len(padding), 1
-        )
+        # Under autocast the convolution runs in the autocast dtype, as the plain chain's would;
+        # the backward pass (which runs without autocast) uses the same dtype.
+        device = x.device.type
+        ctx.conv_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            return torch.ops.aten.convolution(
+                h.to(ctx.conv_dtype),
+                weight.to(ctx.conv_dtype),
+                None if bias is None else bias.to(ctx.conv_dtype),
+                [1] * len(padding),
+                padding,
+                dilation,
+                False,
+                [0] * len(padding),
+                1,
+            )
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -82,10 +95,11 @@ class _RecomputedNormActConv(torch.autograd.Function):
             h = _norm_act(leaves[0], ctx.norm, *leaves[1:], act=ctx.act)
             if mask is not None:
                 h = h * mask / (1 - ctx.drop)
+        dtype = ctx.conv_dtype
         grad_h, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad,
-            h.detach(),
-            weight,
+            grad.to(dtype),
+            h.detach().to(dtype),
+            weight.to(dtype),
             ctx.bias_sizes,
             [1] * len(ctx.padding),
             ctx.padding,
@@ -95,8 +109,10 @@ class _RecomputedNormActConv(torch.autograd.Function):
             1,
             [any(chain_needs), needs[8], needs[9] and ctx.bias_sizes is not None],
         )
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
         wanted = [t for t, n in zip(leaves, chain_needs, strict=True) if n and t is not None]
-        found = iter(torch.autograd.grad(h, wanted, grad_h) if wanted else ())
+        found = iter(torch.autograd.grad(h, wanted, grad_h.to(h.dtype)) if wanted else ())
         chain_grads = [next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)]
         return chain_grads[0], None, *chain_grads[1:], None, None, grad_weight, grad_bias, None, None
 

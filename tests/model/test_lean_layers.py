@@ -22,8 +22,10 @@ def video_or_audio(kind: str) -> tuple[nn.Module, torch.Tensor, tuple[int, ...]]
 
 
 @pytest.mark.parametrize("kind", ["video2d+1d", "video3d", "audio", "qkv"])
-@pytest.mark.parametrize(("modulated", "drop"), [(False, 0.0), (True, 0.0), (True, 0.3)])
-def test_recomputed_chain_equals_the_plain_one(kind: str, modulated: bool, drop: float) -> None:
+@pytest.mark.parametrize(
+    ("modulated", "drop", "bf16"), [(False, 0.0, False), (True, 0.0, False), (True, 0.3, False), (True, 0.3, True)]
+)
+def test_recomputed_chain_equals_the_plain_one(kind: str, modulated: bool, drop: float, bf16: bool) -> None:
     torch.manual_seed(0)
     conv, x, emb_shape = video_or_audio(kind)
     norm = GroupNorm32(64)
