@@ -4,7 +4,9 @@ clip size, both producing float32 batches in [-1, 1] in the model layouts.
 
 Shards are synthetic (written once into --workdir). Each loader runs --repeats times,
 interleaved, and the fastest run counts (the machine is shared). The ClipLoader runs with one
-torch thread, as inside a Ray Train worker (`OMP_NUM_THREADS=1`).
+torch thread, as inside a Ray Train worker (`OMP_NUM_THREADS=1`), and its defaults: batches
+made in a background thread (`prefetch` 2) by one decoding thread. Reads from object storage
+and input stalls: `benchmarks/s3_reads.py`.
 
     .venv/bin/python -m benchmarks.loader_throughput [--clips 1024] [--batch-size 8] [--repeats 3]
 """

@@ -1,6 +1,7 @@
-"""Preprocessing throughput: `pipeline.run.preprocess` with 1 and 2 workers against the floor
-of decoding the same files with the ffmpeg CLI to the same outputs (10 fps 64x64 rgb24 video
-and 16 kHz mono s16le audio, both to /dev/null).
+"""Preprocessing throughput: `pipeline.run.preprocess` with 1 and 2 workers (curation signals
+on, the default) against the floor of decoding the same files with the ffmpeg CLI to the same
+outputs (10 fps 64x64 rgb24 video and 16 kHz mono s16le audio, both to /dev/null); and 2
+workers with `--no-signals`, for the signals' share of the workers' CPU per clip.
 
 Each setting runs --repeats times, interleaved, and the fastest run counts, since the
 machine is shared with other work. The corpus is synthetic but shaped like web video: 640x360 H.264 at 30 fps with a textured,
@@ -30,6 +31,8 @@ import av
 import numpy as np
 
 from mmdiffusion.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
+from pipeline.faults import RetryPolicy
+from pipeline.parts import finished_units, read_parts
 from pipeline.run import PreprocessConfig, preprocess
 
 WIDTH, HEIGHT, SOURCE_FPS, SOURCE_RATE = 640, 360, 30, 44_100
@@ -125,18 +128,49 @@ def time_ffmpeg(paths: list[Path], processes: int, threads: int | None) -> tuple
     return time.perf_counter() - started, _children_cpu_seconds() - started_cpu
 
 
-def time_preprocess(corpus: Path, output: Path, workers: int) -> dict:
+def time_preprocess(corpus: Path, output: Path, workers: int, signals: bool = True) -> dict:
     shutil.rmtree(output, ignore_errors=True)
-    started = time.perf_counter()
-    stats = preprocess(PreprocessConfig(input=str(corpus), output=str(output), workers=workers, videos_per_shard=2))
+    started_epoch, started = time.time(), time.perf_counter()
+    config = PreprocessConfig(
+        input=str(corpus), output=str(output), workers=workers, videos_per_shard=2, signals=signals
+    )
+    stats = preprocess(config)
     seconds = time.perf_counter() - started
     return {
         "workers": workers,
+        "signals": signals,
         "clips": stats.clips,
         "seconds": round(seconds, 2),
         "clips_per_second": round(stats.clips / seconds, 2),
         "bytes_per_clip": round(stats.bytes_per_clip),
         "worker_cpu_ms_per_clip": round(1000 * stats.cpu_seconds / stats.clips, 1),
+        "where_the_time_goes": timeline(output, started_epoch, started_epoch + seconds, workers),
+    }
+
+
+def timeline(output: Path, started: float, ended: float, workers: int) -> dict:
+    """Where the workers' time went, from the units' own start times and durations: the
+    driver before the first unit, the units, the driver after the last, and the worker
+    time left idle inside the span (the second worker's late start, the tail of the last
+    unit, scheduling gaps)."""
+    policy = RetryPolicy()
+    records = [record for _, record in read_parts(str(output), sorted(finished_units(str(output), policy)), policy)]
+    first = min(record.started for record in records)
+    last = max(record.started + record.seconds for record in records)
+    busy = sum(record.seconds for record in records)
+    ends: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    for record in records:
+        ends[record.worker] = max(ends.get(record.worker, 0.0), record.started + record.seconds)
+        starts[record.worker] = min(starts.get(record.worker, float("inf")), record.started)
+    return {
+        "driver_before_first_unit_s": round(first - started, 2),
+        "units_span_s": round(last - first, 2),
+        "driver_after_last_unit_s": round(ended - last, 2),
+        "worker_processes": len(ends),
+        "idle_worker_seconds_in_span": round(workers * (last - first) - busy, 2),
+        "late_start_of_other_workers_s": round(sum(start - first for start in starts.values()), 2),
+        "tail_after_other_workers_s": round(sum(last - end for end in ends.values()), 2),
     }
 
 
@@ -153,27 +187,34 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the ffmpeg CLI is needed for the floor (Debian: apt-get install ffmpeg)")
     import ray
 
+    load_before = [round(value, 1) for value in os.getloadavg()]
     corpus = args.workdir / f"corpus-{args.videos}x{args.seconds:g}s"
     paths = build_corpus(corpus, args.videos, args.seconds)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    time_preprocess(corpus, args.workdir / "warmup", 2)  # actor code and imports warm in the object store
-    attempts = [
-        time_preprocess(corpus, args.workdir / f"out-{workers}", workers)
-        for _ in range(args.repeats)
-        for workers in (1, 2)
-    ]
+    time_preprocess(corpus, args.workdir / "warmup", 2)  # worker processes and imports warm
+    attempts, sequential, parallel = [], [], []
+    for _ in range(args.repeats):  # pipeline and floor back to back, so that both see the same load
+        for workers, signals in ((2, True), (1, True), (2, False)):
+            output = args.workdir / f"out-{workers}-{'signals' if signals else 'plain'}"
+            attempts.append(time_preprocess(corpus, output, workers, signals))
+        parallel.append(time_ffmpeg(paths, processes=2, threads=1))
+        sequential.append(time_ffmpeg(paths, processes=1, threads=None)[0])
     ray.shutdown()
     runs = [
-        min((run for run in attempts if run["workers"] == workers), key=lambda run: run["seconds"])
-        for workers in (1, 2)
+        min((run for run in attempts if (run["workers"], run["signals"]) == setting), key=lambda run: run["seconds"])
+        for setting in ((1, True), (2, True), (2, False))
     ]
+    cpu_with, cpu_without = (
+        min(run["worker_cpu_ms_per_clip"] for run in attempts if run["signals"] == on) for on in (True, False)
+    )
     clips = runs[0]["clips"]
-    floor_sequential = min(time_ffmpeg(paths, processes=1, threads=None)[0] for _ in range(args.repeats))
-    floor_parallel, floor_cpu = min(time_ffmpeg(paths, processes=2, threads=1) for _ in range(args.repeats))
+    floor_sequential = min(sequential)
+    floor_parallel, floor_cpu = min(parallel)
     floor_seconds = min(floor_sequential, floor_parallel)
     result = {
         "corpus": {"videos": args.videos, "seconds_each": args.seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": SOURCE_FPS},
         "load_average_1min": round(os.getloadavg()[0], 1),
+        "load_average_before_1_5_15min": load_before,
         "ffmpeg_floor": {
             "sequential_threaded_s": round(floor_sequential, 2),
             "two_processes_s": round(floor_parallel, 2),
@@ -183,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess": runs,
         "ratio_2_workers_to_floor": round(runs[1]["clips_per_second"] / (clips / floor_seconds), 2),
         "speedup_1_to_2_workers": round(runs[1]["clips_per_second"] / runs[0]["clips_per_second"], 2),
+        "signals": {
+            "worker_cpu_ms_per_clip_with": cpu_with,
+            "worker_cpu_ms_per_clip_without": cpu_without,
+            "share_of_the_decode": round((cpu_with - cpu_without) / cpu_without, 3),
+            "ratio_2_workers_without_signals_to_floor": round(runs[2]["clips_per_second"] / (clips / floor_seconds), 2),
+        },
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train the coupled audio-video U-Net with DDP on Ray Train"),
     "train-sr": ("jobs.train_sr", "train the 64->256 super-resolution U-Net on Ray Train"),
     "sample": ("jobs.sample", "generate audio-video clips (joint or zero-shot conditional) as mp4 and PNG"),
-    "evaluate": ("jobs.evaluate", "compute held-out loss, FVD, KVD and FAD for a model and log them to MLflow"),
+    "evaluate": (
+        "jobs.evaluate",
+        "score a model on the held-out split (loss, FVD, KVD, FAD, sync, memorisation) and log it to MLflow",
+    ),
     "promote": ("jobs.promote", "move the MLflow registry alias 'champion' to a better model version"),
     "demo": ("jobs.demo", "run corpus -> shards -> training -> samples -> registry on one machine"),
 }

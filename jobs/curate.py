@@ -14,14 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.dedup import DUPLICATE_OF
+from pipeline.shard_format import read_manifest
 from pipeline.signals import SIGNAL_COLUMNS, ColumnSpec
-from pipeline.storage import join, resolve
 from training.selection import FilterError, parse_filter
 
-MANIFEST_FILE = "manifest.parquet"
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 COMMON_FILTERS: dict[str, str] = {
     "audible": "audio_rms_db > -50",
@@ -37,16 +35,6 @@ COMMON_FILTERS: dict[str, str] = {
 }
 """Name -> expression: the filters whose kept share the report shows (thresholds: docs/curation.md)."""
 ALL_COMMON = "all of the above"
-
-
-def read_manifest(data: str) -> pa.Table:
-    """The manifest of a preprocessing output (folder or s3:// prefix), or a manifest file."""
-    uri = data if data.endswith(".parquet") else join(data, MANIFEST_FILE)
-    fs, path = resolve(uri)
-    try:
-        return pq.read_table(path, filesystem=fs)
-    except (FileNotFoundError, OSError) as error:
-        raise FileNotFoundError(f"no readable manifest at {uri} ({error})") from error
 
 
 def _numeric(spec: ColumnSpec) -> bool:

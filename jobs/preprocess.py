@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 
 from mmdiffusion.constants import CLIP_SECONDS, FPS, FRAMES, IMAGE_SIZE, SAMPLE_RATE, SR_IMAGE_SIZE
+from pipeline.faults import InfrastructureError, RetryPolicy
 from pipeline.frames import RESIZE_MODES
 from pipeline.run import PreprocessConfig, preprocess
 
@@ -20,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         f"{SAMPLE_RATE // 1000} kHz mono audio, written as WebDataset shards plus manifest.parquet, "
         "errors.parquet and stats.json. "
         "Runs on a local Ray, or on RAY_ADDRESS's cluster; s3:// URIs use the standard AWS "
-        "variables (AWS_ENDPOINT_URL, keys, profile). Rerunning resumes.",
+        "variables (AWS_ENDPOINT_URL, keys, profile). Rerunning resumes; storage failures leave units "
+        "for a rerun (exit status 1), other clip options than the output's are refused (status 2).",
     )
     parser.add_argument(
         "--input", required=True, help="folder, s3://bucket/prefix, or a .txt/.csv/.parquet list (column 'uri')"
@@ -50,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         default=PreprocessConfig.videos_per_shard,
         help="videos decoded into one shard (the unit of resumable work)",
     )
+    parser.add_argument(
+        "--no-signals",
+        dest="signals",
+        action="store_false",
+        help="skip the curation signals and near-duplicate marking (on by default; docs/curation.md)",
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="also redo the videos recorded in errors.parquet (e.g. after a decoder upgrade); each clip still once",
+    )
+    parser.add_argument(
+        "--storage-attempts",
+        type=int,
+        default=RetryPolicy.attempts,
+        help="tries of each storage read or write and of each unit before it is left for a rerun "
+        f"(waits from {RetryPolicy.first_delay_s:g} s, doubling, at most {RetryPolicy.max_delay_s:g} s)",
+    )
     return parser
 
 
@@ -66,12 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             sr_size=args.sr_size,
             max_clips_per_video=args.max_clips_per_video,
             videos_per_shard=args.videos_per_shard,
+            signals=args.signals,
+            retry_errors=args.retry_errors,
+            retry=RetryPolicy(attempts=args.storage_attempts),
         )
         stats = preprocess(config)
     except ValueError as error:
         print(f"mmdiff preprocess: error: {error}", file=sys.stderr)
         return 2
+    except InfrastructureError as error:
+        print(f"mmdiff preprocess: storage error: {error}; rerun the same command to go on", file=sys.stderr)
+        return 1
     print(json.dumps({**asdict(stats), "clips_per_second": round(stats.clips_per_second, 3)}, indent=2))
+    summary = stats.unfinished_summary()
+    if summary:
+        print(f"mmdiff preprocess: {summary}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,7 @@ from mmdiffusion import media
 from mmdiffusion.bundle import describe_bundle
 from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.constants import FRAMES, IMAGE_SIZE
+from mmdiffusion.device import device_settings, resolve_device
 from mmdiffusion.pipeline import MMDiffusionPipeline
 from mmdiffusion.sampling import DEFAULT_STEPS, SAMPLERS, SR_SAMPLER, SamplerConfig, ZeroShotCondition, clip_shapes
 from mmdiffusion.sampling.conditioning import METHODS
@@ -56,6 +57,8 @@ class SampleConfig:
     guidance: float | None = None
     """λ of the gradient method (default `DEFAULT_GUIDANCE`)."""
     device: str = "auto"
+    precision: str = "auto"
+    """Autocast of the networks: auto (bf16 on a CUDA device that has it, else fp32), fp32, bf16."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -71,6 +74,8 @@ class SampleConfig:
             problems.append("--method needs --condition-audio or --condition-video")
         if self.guidance is not None and self.method != "gradient":
             problems.append("--guidance applies to --method gradient only")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            problems.append(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.guidance is not None and self.guidance < 0:
             problems.append(f"--guidance must be >= 0, got {self.guidance}")
         if problems:
@@ -88,18 +93,6 @@ class SampleConfig:
 
 
 # ---------------------------------------------------------------------- loading
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device!r} is not a torch device ({error})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
-
-
 def load_condition(modality: str, path: str, model_config: CoupledUNetConfig) -> torch.Tensor:
     """The condition clip of `path`, decoded as preprocessing decodes, in the model's layout and
     range, one for all samples (`[1, ...]`)."""
@@ -145,23 +138,26 @@ def run_sampling(config: SampleConfig) -> list[Path]:
     """Sample `config.num` clips and write their files; returns every written path in order."""
     pipeline = build_pipeline(config)
     condition = zero_shot_condition(config, pipeline.base.bundle.network)
+    settings = device_settings(resolve_device(config.device), config.precision)  # type: ignore[arg-type]
+    settings.apply()
     written: list[Path] = []
-    for batch in pipeline.batches(
-        config.num,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        condition=condition,
-        sr_batch_size=config.sr_batch_size,
-        progress=config.progress,
-    ):
-        for offset in range(len(batch)):
-            written += write_sample(
-                config.output,
-                batch.start + offset,
-                batch.video[offset],
-                batch.audio[offset],
-                None if batch.video_sr is None else batch.video_sr[offset],
-            )
+    with settings.autocast():
+        for batch in pipeline.batches(
+            config.num,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            condition=condition,
+            sr_batch_size=config.sr_batch_size,
+            progress=config.progress,
+        ):
+            for offset in range(len(batch)):
+                written += write_sample(
+                    config.output,
+                    batch.start + offset,
+                    batch.video[offset],
+                    batch.audio[offset],
+                    None if batch.video_sr is None else batch.video_sr[offset],
+                )
     return written
 
 
@@ -229,6 +225,12 @@ def _parser() -> argparse.ArgumentParser:
         "--guidance", type=float, default=None, help=f"lambda of --method gradient (default {DEFAULT_GUIDANCE})"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast of the networks (default auto: bf16 on a CUDA device that supports it, else fp32)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             method=args.method,
             guidance=args.guidance,
             device=args.device,
+            precision=args.precision,
             progress=not args.no_progress,
         )
         paths = run_sampling(config)

@@ -3,10 +3,11 @@ summary."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmdiffusion.constants import CLIP_SECONDS, FPS
 from pipeline.decode import ClipOptions
+from pipeline.faults import RetryPolicy
 from pipeline.frames import RESIZE_MODES, ResizeMode
 
 
@@ -26,6 +27,15 @@ class PreprocessConfig:
     max_clips_per_video: int | None = None
     videos_per_shard: int = 32
     """Sources decoded into one shard (one unit of resumable work)."""
+    signals: bool = True
+    """Curation signals of every clip in the manifest and its json, and near-duplicates marked
+    at the end of the run (`pipeline.signals`, `pipeline.dedup`)."""
+    retry_errors: bool = False
+    """Also redo the sources that errors.parquet holds (media errors), e.g. after a decoder upgrade."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """Backoff for storage failures: of each read or write, and of a unit as a whole."""
+    progress_seconds: float = 10.0
+    """Seconds between progress lines."""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -40,13 +50,33 @@ class PreprocessConfig:
         if self.videos_per_shard < 1:
             raise ValueError(f"videos_per_shard must be at least 1, got {self.videos_per_shard}")
 
+    def pinned_options(self) -> dict[str, object]:
+        """What the clips of an output are made with: fixed by its first run (see
+        `pipeline.resume.check_options`), by the flag names a user types."""
+        return {
+            "resize": self.resize,
+            "stride": self.stride,
+            "sr_size": self.sr_size,
+            "max_clips_per_video": self.max_clips_per_video,
+            "signals": self.signals,
+        }
+
     def clip_options(self) -> ClipOptions:
         return ClipOptions(
             resize=self.resize,
             stride_frames=round(self.stride * FPS),
             max_clips=self.max_clips_per_video,
             sr_size=self.sr_size,
+            signals=self.signals,
         )
+
+
+@dataclass(frozen=True)
+class UnfinishedUnit:
+    number: int
+    shard: str
+    problem: str
+    """The storage failure that outlasted the retries."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +86,11 @@ class PreprocessStats:
     inputs: int
     """Sources found under the input."""
     inputs_skipped: int
-    """Sources finished by an earlier run and not touched again."""
+    """Sources of units finished by an earlier run and not touched again."""
     clips: int
     """Clips written by this run."""
     errors: int
-    """Sources of this run that gave an error (see errors.parquet)."""
+    """Sources of this run that gave a media error (see errors.parquet)."""
     shards: int
     """Shards written by this run."""
     bytes: int
@@ -70,6 +100,12 @@ class PreprocessStats:
     """CPU time the workers spent on this run's units."""
     clips_total: int
     """Clips in the whole output (manifest.parquet), earlier runs included."""
+    duplicates: int = 0
+    """Clips of the whole output marked as near-duplicates of another (`duplicate_of`)."""
+    units: int = 0
+    """Units this run set out to do."""
+    unfinished: tuple[UnfinishedUnit, ...] = ()
+    """Units left for a rerun by storage failures (no part, no record of their sources)."""
 
     @property
     def clips_per_second(self) -> float:
@@ -78,3 +114,18 @@ class PreprocessStats:
     @property
     def bytes_per_clip(self) -> float:
         return self.bytes / self.clips if self.clips else 0.0
+
+    def unfinished_summary(self) -> str | None:
+        """The line a user reads when the run is incomplete, None when it is complete."""
+        if not self.unfinished:
+            return None
+        shown = "; ".join(f"{unit.shard}: {unit.problem}" for unit in self.unfinished[:SUMMARY_UNITS])
+        more = f"; and {len(self.unfinished) - SUMMARY_UNITS} more" if len(self.unfinished) > SUMMARY_UNITS else ""
+        return (
+            f"{len(self.unfinished)} units not finished because of storage errors: {shown}{more}; "
+            "rerun the same command to retry them"
+        )
+
+
+SUMMARY_UNITS = 20
+"""Unfinished units named one by one in the summary (stats.json lists them all)."""

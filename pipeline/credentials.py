@@ -7,7 +7,9 @@ AWS's default chain (variables, ~/.aws, the node's instance role or the pod's se
 role), MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN. On a cluster that is the node or pod
 definition; on the local stack, the environment the Ray head starts with. What a driver hands
 its workers says *where* (endpoints, regions, tracking URI, this project's MMDIFF_* switches),
-never *who*.
+never *who*. Besides those, training workers get the collective-communication and network
+fabric settings (`FABRIC_PREFIXES`) and any prefix the user names (`--forward-env`), with the
+same rule: credentials by name are never forwarded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVAT
 IDENTITY_NAME_PARTS = ("ACCESS_KEY", "KEY_ID", "USERNAME", "PROFILE", "CREDENTIAL", "CERT")
 """A variable whose name holds one of these says who a process is or where its credentials
 are: never forwarded (it would override the worker's own), though its value is not secret."""
+
+FABRIC_PREFIXES = ("NCCL_", "TORCH_NCCL_", "FI_")
+"""NCCL's settings (`NCCL_SOCKET_IFNAME`, `NCCL_IB_*`, `NCCL_DEBUG`), PyTorch's NCCL process
+group's (`TORCH_NCCL_*`) and libfabric's (`FI_*`, EFA): set on the driver for a cluster's
+network, needed in every worker process that joins the process group."""
+
+MIN_PREFIX_CHARS = 2
+"""A forwarded prefix this short or shorter would sweep in unrelated variables (`A`, `_`)."""
+
+_VARIABLE_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 REDACTED = "***"
 
@@ -45,6 +57,18 @@ def forwarded_settings(prefixes: tuple[str, ...], environ: Mapping[str, str] | N
     """The variables with these prefixes that a driver may hand its workers: all but credentials."""
     environ = os.environ if environ is None else environ
     return {name: value for name, value in environ.items() if name.startswith(prefixes) and not is_credential(name)}
+
+
+def prefix_problems(prefixes: tuple[str, ...], flag: str = "--forward-env") -> list[str]:
+    """What is wrong with prefixes a user asks to forward, each named with `flag`: not the start
+    of a variable name, or too short to mean anything in particular."""
+    found = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not _VARIABLE_PREFIX.match(prefix):
+            found.append(f"{flag} {prefix!r} is not the start of an environment variable name")
+        elif len(prefix) < MIN_PREFIX_CHARS:
+            found.append(f"{flag} {prefix!r} is too broad: give at least {MIN_PREFIX_CHARS} characters")
+    return found
 
 
 def redact(text: str, environ: Mapping[str, str] | None = None) -> str:

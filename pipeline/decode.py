@@ -25,8 +25,11 @@ import numpy as np
 
 from mmdiffusion.constants import AUDIO_SAMPLES, FPS, FRAMES, IMAGE_SIZE, SAMPLE_RATE, SAMPLES_PER_FRAME
 from pipeline.errors import MediaError, Reason
+from pipeline.faults import InfrastructureError, RetryPolicy, SourceReader, is_infrastructure
 from pipeline.frames import ResizeMode, square_rgb
 from pipeline.storage import is_remote, resolve
+
+DEFAULT_RETRY = RetryPolicy()
 
 _TIME_EPSILON = 1e-6
 """Seconds of float error tolerated when comparing a frame's time with a grid time."""
@@ -49,6 +52,8 @@ class ClipOptions:
     sr_size: int | None = None
     require_video: bool = True
     start_seconds: float = 0.0
+    signals: bool = True
+    """Compute each clip's curation signals (`pipeline.signals`) from its decoded frames and samples."""
 
 
 @dataclass(frozen=True)
@@ -250,15 +255,44 @@ class ClipCutter:
         self.audio_start += drop
 
 
-def open_media(uri: str) -> av.container.InputContainer:
-    """Open `uri` (local path or s3://) for streaming reads; MediaError(unreadable) if impossible."""
+def open_media(uri: str, policy: RetryPolicy) -> tuple[av.container.InputContainer, SourceReader | None]:
+    """Open `uri` (local path or s3://) for streaming reads, with the reader of a remote file.
+
+    Raises MediaError(unreadable) when the bytes are there but are no media (or the file is
+    missing), InfrastructureError when the storage failed."""
+    reader = None
     try:
-        if is_remote(uri):
-            fs, path = resolve(uri)
-            return av.open(fs.open_input_file(path), mode="r")
-        return av.open(resolve(uri)[1], mode="r")
-    except (av.error.FFmpegError, OSError) as error:
-        raise MediaError(Reason.UNREADABLE, uri, f"cannot open as media ({error})") from error
+        if not is_remote(uri):
+            return av.open(resolve(uri)[1], mode="r"), None
+        fs, path = resolve(uri)
+        reader = SourceReader(uri, fs, path, policy)
+        return av.open(reader, mode="r"), reader
+    except Exception as error:
+        if reader is not None:
+            reader.close()
+        if (reader is not None and reader.failure is not None) or is_infrastructure(error):
+            raise as_infrastructure(error, reader, uri) from error
+        if isinstance(error, av.error.FFmpegError | OSError):
+            raise MediaError(Reason.UNREADABLE, uri, f"cannot open as media ({error})") from error
+        raise
+
+
+def as_infrastructure(error: BaseException, reader: SourceReader | None, uri: str) -> InfrastructureError:
+    """The storage failure behind `error`: the reader's own when it had one."""
+    if reader is not None and reader.failure is not None:
+        return reader.failure
+    if isinstance(error, InfrastructureError):
+        return error
+    return InfrastructureError(f"{uri}: {type(error).__name__}: {error}")
+
+
+def _storage_cause(error: BaseException) -> BaseException | None:
+    """The infrastructure failure `error` is or wraps (a MediaError made from an FFmpeg I/O
+    error of a local path), None when it is a failure of the content."""
+    for candidate in (error, error.__cause__):
+        if candidate is not None and not isinstance(candidate, MediaError) and is_infrastructure(candidate):
+            return candidate
+    return None
 
 
 def source_info(container: av.container.InputContainer, uri: str) -> SourceInfo:
@@ -353,22 +387,41 @@ def _no_clip_error(cutter: ClipCutter, uri: str, start_seconds: float) -> MediaE
     )
 
 
-def open_source(uri: str, options: ClipOptions) -> tuple[SourceInfo, Iterator[Clip]]:
+def open_source(
+    uri: str, options: ClipOptions, policy: RetryPolicy = DEFAULT_RETRY
+) -> tuple[SourceInfo, Iterator[Clip]]:
     """Open `uri`, check its streams, and return its info and a lazy stream of its clips.
 
     Raises MediaError now for unreadable files and missing streams, and while iterating for
-    decode failures and files too short for one clip."""
-    container = open_media(uri)
+    decode failures and files too short for one clip. Raises InfrastructureError, now or
+    while iterating, when the storage failed (after the policy's retries), whatever the
+    decoder made of the missing bytes."""
+    container, reader = open_media(uri, policy)
     try:
         _chosen_streams(container, uri, options.require_video)
         info = source_info(container, uri)
-    except Exception:
+    except Exception as error:
         container.close()
+        if reader is not None:
+            reader.close()
+        if (reader is not None and reader.failure is not None) or _storage_cause(error):
+            raise as_infrastructure(_storage_cause(error) or error, reader, uri) from error
         raise
 
     def clips() -> Iterator[Clip]:
         with container:
-            yield from iter_clips(container, uri, options)
+            try:
+                yield from iter_clips(container, uri, options)
+            except Exception as error:
+                cause = _storage_cause(error)
+                if (reader is not None and reader.failure is not None) or cause is not None:
+                    raise as_infrastructure(cause or error, reader, uri) from error
+                raise
+            finally:
+                if reader is not None:
+                    reader.close()
+        if reader is not None and reader.failure is not None:
+            raise reader.failure  # the decoder took the lost bytes for the end of the file
 
     return info, clips()
 

@@ -146,7 +146,7 @@ def _candidates(video: np.ndarray, present: np.ndarray, config: DedupConfig) -> 
 def _distinct(values: np.ndarray) -> np.ndarray:
     """Sorted distinct values (by sorting: numpy's hash-based unique is slower on many ints)."""
     values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]]
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 VERIFY_CHUNK = 1 << 20

@@ -11,6 +11,8 @@ class Reason(str, Enum):
     NO_AUDIO = "no_audio"
     TOO_SHORT = "too_short"
     DECODE_ERROR = "decode_error"
+    UNEXPECTED = "unexpected_error"
+    """An exception nobody foresaw while reading this source (its type and message are kept)."""
 
 
 class MediaError(ValueError):

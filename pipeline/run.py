@@ -1,10 +1,10 @@
 """`preprocess(config)`: the streaming Ray Data job.
 
-listing (driver) -> units of `videos_per_shard` sources -> decoding tasks, one CPU each,
-scaled by Ray Data up to `workers` (or the free CPUs), each decoding its unit straight into
-one shard and recording it -> manifest, errors and stats rebuilt from every unit's record.
-Only the small records travel through Ray; clips stream from the decoder into the shard, so
-memory stays bounded per worker.
+plan (driver: the options pinned, units of `videos_per_shard` sources) -> decoding tasks, one
+CPU each, scaled by Ray Data up to `workers` (or the free CPUs), each decoding its unit
+straight into one shard and writing its part -> manifest and errors streamed from the parts,
+stats. Only a small record per unit travels through Ray and the driver keeps no clip rows, so
+the driver's memory grows with the units and a worker's stays bounded by one unit.
 """
 
 from __future__ import annotations
@@ -15,13 +15,26 @@ import os
 import time
 from dataclasses import asdict
 
-from pipeline.config import PreprocessConfig, PreprocessStats
+from pipeline.config import PreprocessConfig, PreprocessStats, UnfinishedUnit
 from pipeline.credentials import forwarded_settings
 from pipeline.decode import ClipOptions
+from pipeline.faults import RetryPolicy, retrying
 from pipeline.listing import list_inputs
-from pipeline.outputs import write_outputs
-from pipeline.resume import extend_plan, read_plan, read_records, remove_unfinished, unfinished_units, write_plan
-from pipeline.task import ShardRecord, ShardTask, record_from_json, run_shard_task
+from pipeline.outputs import write_stats
+from pipeline.parts import UnitRecord, finished_units, merge_parts
+from pipeline.resume import (
+    Plan,
+    check_options,
+    new_units,
+    read_plan,
+    remove_unfinished,
+    retry_units,
+    superseded_sources,
+    unfinished_units,
+    write_plan,
+)
+from pipeline.shards import SHARD_FOLDER, shard_name
+from pipeline.task import ShardTask, run_shard_task
 
 __all__ = ["PreprocessConfig", "PreprocessStats", "preprocess"]
 
@@ -35,14 +48,17 @@ def storage_environment() -> dict[str, str]:
     return forwarded_settings(("AWS_",))
 
 
-def run_unit(row: dict, output_uri: str, options: ClipOptions, environment: dict[str, str]) -> dict:
-    """A Ray Data task: run the unit in `row` and return its record as JSON.
+def run_unit(
+    row: dict, output_uri: str, options: ClipOptions, policy: RetryPolicy, environment: dict[str, str]
+) -> dict:
+    """A Ray Data task: run the unit in `row` and return its record (no clip rows) as JSON.
 
     Tasks, not actors: Ray reuses warm worker processes between tasks, while a fresh actor
-    pool pays process start and imports on every run (seconds each on a busy machine). A
-    retried task rewrites the same shard name, so retries cannot duplicate clips."""
+    pool pays process start and imports on every run (seconds each on a busy machine). A task
+    retried by Ray (its worker or node lost) rewrites the same shard name, so retries cannot
+    duplicate clips."""
     os.environ.update(environment)
-    record = run_shard_task(ShardTask(**json.loads(row["task"])), output_uri, options)
+    record = run_shard_task(ShardTask(**json.loads(row["task"])), output_uri, options, policy)
     return {"record": json.dumps(asdict(record))}
 
 
@@ -54,7 +70,33 @@ def ensure_ray() -> None:
         ray.init()
 
 
-def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRecord]:
+class Progress:
+    """A periodic line: units done / total, clips, errors, clips/s, units left unfinished."""
+
+    def __init__(self, total: int, every_seconds: float) -> None:
+        self.total, self.every = total, every_seconds
+        self.started = self.last = time.perf_counter()
+        self.done = self.clips = self.errors = self.unfinished = 0
+
+    def add(self, record: UnitRecord) -> None:
+        self.done += 1
+        self.clips += record.clips
+        self.errors += len(record.errors)
+        self.unfinished += record.unfinished is not None
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = self.clips / max(now - self.started, 1e-9)
+        left = f", {self.unfinished} unfinished" if self.unfinished else ""
+        return f"units {self.done}/{self.total}, clips {self.clips}, errors {self.errors}, {rate:.1f} clips/s{left}"
+
+
+def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[UnitRecord]:
+    """Every task's record; a task Ray gave up on (or never ran, when the stream broke) comes
+    back unfinished, so the job finishes what it can and says what is left."""
     import ray
 
     ensure_ray()
@@ -63,52 +105,95 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[ShardRec
     )
     records = dataset.map(
         run_unit,
-        fn_kwargs={"output_uri": config.output, "options": config.clip_options(), "environment": storage_environment()},
+        fn_kwargs={
+            "output_uri": config.output,
+            "options": config.clip_options(),
+            "policy": config.retry,
+            "environment": storage_environment(),
+        },
         compute=ray.data.TaskPoolStrategy(size=config.workers),  # None: as many as free CPUs
         num_cpus=1,
     )
-    finished = []
-    for row in records.iter_rows():
-        record = record_from_json(row["record"])
-        log.info(
-            "shard %06d: %d clips, %d errors, %.1f s",
-            record.number,
-            len(record.clips),
-            len(record.errors),
-            record.seconds,
-        )
-        finished.append(record)
-    return finished
+    progress = Progress(len(tasks), config.progress_seconds)
+    finished: dict[int, UnitRecord] = {}
+    try:
+        for row in records.iter_rows():
+            record = UnitRecord(**json.loads(row["record"]))
+            finished[record.number] = record
+            progress.add(record)
+    except Exception as error:  # Ray itself failed (e.g. the cluster went away)
+        log.error("the decoding tasks stopped: %s: %s", type(error).__name__, error)
+        lost = f"Ray stopped the task: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        for task in tasks:
+            if task.number not in finished:
+                finished[task.number] = UnitRecord(task.number, len(task.sources), unfinished=lost)
+    return [finished[task.number] for task in tasks]
+
+
+def plan_run(config: PreprocessConfig) -> tuple[Plan, list[str], set[int], bool]:
+    """The output's plan, checked against the config before any work, with units for new
+    inputs (and, with --retry-errors, for the recorded errors); the inputs; the finished
+    units; whether the plan gained units."""
+    policy = config.retry
+    plan = read_plan(config.output, policy)
+    if plan is not None:
+        check_options(plan, config.pinned_options(), config.output)
+    inputs = retrying(lambda: list_inputs(config.input), f"{config.input}: listing", policy)
+    is_new = plan is None
+    plan = plan or Plan(options=config.pinned_options(), units=[])
+    finished = finished_units(config.output, policy)
+    added = new_units(plan, inputs, config.videos_per_shard)
+    plan.units += added
+    if config.retry_errors:
+        retried = retry_units(plan, finished, config.videos_per_shard, config.output, policy)
+        plan.units += retried
+        added += retried
+    return plan, inputs, finished, is_new or bool(added)
 
 
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
     """Decode every unfinished source of `config.input` into shards under `config.output`.
 
     Safe to rerun: finished units are skipped and unfinished ones are redone under the shard
-    names planned for them, so each clip is written exactly once.
+    names planned for them, so each clip is written exactly once. A rerun with other clip
+    options is refused (OptionsMismatch, a ValueError) before anything is written. Units that
+    storage failures left unfinished are listed in the stats (`unfinished_summary`).
     """
     started = time.perf_counter()
-    inputs = list_inputs(config.input)
-    earlier = read_records(config.output)
-    plan = extend_plan(read_plan(config.output), earlier, inputs, config.videos_per_shard)
-    write_plan(config.output, plan)
-    for name in remove_unfinished(config.output, earlier):
+    policy = config.retry
+    plan, inputs, finished, changed = plan_run(config)
+    if changed:
+        write_plan(config.output, plan, policy)
+    for name in remove_unfinished(config.output, finished, policy):
         log.warning("removed unfinished %s left by an interrupted run", name)
-    tasks = unfinished_units(plan, earlier)
-    log.info("%d inputs, %d to decode in %d shards", len(inputs), sum(len(t.sources) for t in tasks), len(tasks))
-    new = run_tasks(tasks, config) if tasks else []
-    records = sorted(earlier + new, key=lambda record: record.number)
-    done_before = {source for record in earlier for source in record.sources}
+    tasks = unfinished_units(plan, finished)
+    log.info("%d inputs, %d to decode in %d units", len(inputs), sum(len(t.sources) for t in tasks), len(tasks))
+    records = run_tasks(tasks, config) if tasks else []
+    finished_before = set(finished)
+    finished |= {record.number for record in records if record.unfinished is None}
+    for name in remove_unfinished(config.output, finished, policy):  # left by attempts Ray retried
+        log.info("removed %s left by a lost attempt", name)
+    merged = merge_parts(config.output, finished, superseded_sources(plan, finished), config.signals, policy)
+    new = [record for record in records if record.unfinished is None]
     stats = PreprocessStats(
         inputs=len(inputs),
-        inputs_skipped=sum(uri in done_before for uri in inputs),
-        clips=sum(len(record.clips) for record in new),
+        inputs_skipped=sum(len(unit.sources) for unit in plan.units if unit.number in finished_before),
+        clips=sum(record.clips for record in new),
         errors=sum(len(record.errors) for record in new),
         shards=sum(record.shard is not None for record in new),
         bytes=sum(record.bytes for record in new),
         seconds=round(time.perf_counter() - started, 3),
         cpu_seconds=round(sum(record.cpu_seconds for record in new), 3),
-        clips_total=sum(len(record.clips) for record in records),
+        clips_total=merged.clips,
+        duplicates=merged.duplicates,
+        units=len(tasks),
+        unfinished=tuple(
+            UnfinishedUnit(record.number, f"{SHARD_FOLDER}/{shard_name(record.number)}", record.unfinished)
+            for record in records
+            if record.unfinished is not None
+        ),
     )
-    write_outputs(config.output, records, stats)
+    write_stats(config.output, stats, policy)
+    if stats.unfinished:
+        log.error("%s", stats.unfinished_summary())
     return stats

@@ -13,14 +13,15 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.storage import join, read_bytes, resolve
 
@@ -33,6 +34,9 @@ METADATA_MEMBER = "json"
 SR_JPEG_QUALITY = 90
 """JPEG quality (4:4:4 chroma) of the SR frames; measured quality and size in docs/data-format.md."""
 RGB = 3
+READ_BLOCK_BYTES = 8 * 2**20
+"""Shards are read in blocks of this size: tar reads 10,240 bytes at a time, and on object
+storage each unbuffered read is one ranged GET (docs/data-format.md, "Reading")."""
 
 _SHARD_NAME = re.compile(r"^shard-(\d{6})\.tar$")
 
@@ -162,19 +166,27 @@ class SampleSpec:
     audio_length: int
     sr_size: int | None = None
     """Read the `video{sr_size}.jpg` frames (SR training) instead of video.npy and audio.npy."""
+    frames_kept: int | None = None
+    """SR training: the loader keeps this many of the `frames`, picked before decoding (None: all)."""
 
 
-def decode_sample(sample: dict[str, bytes], spec: SampleSpec) -> dict[str, np.ndarray]:
+def decode_sample(
+    sample: dict[str, bytes], spec: SampleSpec, frames: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
     """The sample's uint8 frames `video` [F, H, W, 3] and int16 `audio` [1, L] (or the SR
-    frames `video_sr`), checked against `spec`; raises ValueError naming the member."""
+    frames `video_sr`), checked against `spec`; raises ValueError naming the member.
+
+    `frames` keeps only those SR frames, in that order: [len(frames), S, S, 3]. The strip is
+    one baseline JPEG, decoded whole (its rows cannot be reached without decoding those above),
+    but only the kept frames are copied out of it and go on to training."""
     key = sample.get("__key__", "?")
     if spec.sr_size is not None:
         member = sr_member_name(spec.sr_size)
         if member not in sample:
             raise ValueError(f"sample {key}: no {member} member (preprocess with --sr-size {spec.sr_size})")
-        frames = jpeg_strip_to_frames(sample[member], spec.sr_size)
-        _check(key, member, frames, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
-        return {"video_sr": frames}
+        strip = jpeg_strip_to_frames(sample[member], spec.sr_size)
+        _check(key, member, strip, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
+        return {"video_sr": strip if frames is None else strip[list(frames)]}
     arrays = {}
     for name, member, shape, dtype in (
         ("video", VIDEO_MEMBER, (spec.frames, spec.image_size, spec.image_size, RGB), np.uint8),
@@ -222,18 +234,28 @@ def list_shards(data_uri: str, purpose: str = "training") -> list[str]:
     return [join(folder, name) for name in names]
 
 
-def read_samples(shard_uri: str, on_error: Callable[[Exception], None]) -> Iterator[dict[str, bytes]]:
+def read_samples(
+    shard_uri: str,
+    on_error: Callable[[Exception], None],
+    block_bytes: int = READ_BLOCK_BYTES,
+    filesystem: pafs.FileSystem | None = None,
+) -> Iterator[dict[str, bytes]]:
     """The samples of one shard (member suffix -> bytes, plus `__key__` and `__url__`), in
-    order. A shard that cannot be read (missing, truncated, not a tar) is reported to
-    `on_error` and read no further: the samples before the break are kept."""
+    order, read `block_bytes` at a time (0: as tar asks, one request per 10 KB on S3). A shard
+    that cannot be read (missing, truncated, not a tar) is reported to `on_error` and read no
+    further: the samples before the break are kept. `filesystem` reads `shard_uri` as a path
+    on that pyarrow filesystem (a configured S3FileSystem, an fsspec store wrapped in a
+    PyFileSystem) instead of the filesystem the URI names."""
+
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # imports torch: seconds writers skip
 
     def stop(error: Exception) -> bool:
         on_error(error)
         return False
 
     try:
-        fs, path = resolve(shard_uri)
-        with fs.open_input_stream(path) as stream:
+        fs, path = (filesystem, shard_uri) if filesystem is not None else resolve(shard_uri)
+        with fs.open_input_stream(path, buffer_size=block_bytes or None) as stream:
             members = ({**member, "__url__": shard_uri} for member in tar_file_iterator(stream, handler=stop))
             yield from group_by_keys(members, handler=stop)
     except (OSError, tarfile.TarError) as error:
@@ -247,10 +269,40 @@ class ManifestInfo:
     """Hex digest of the manifest file, or "missing" when the dataset has none."""
 
 
-def manifest_info(data_uri: str) -> ManifestInfo:
-    """The dataset's manifest and its hash: which exact data a run trained or was evaluated
-    on. It lies in DATA, or in the parent when DATA is the shards folder itself."""
+def manifest_uri(data_uri: str) -> str | None:
+    """The dataset's manifest: in DATA, or in the parent when DATA is the shards folder itself,
+    or DATA when it names a .parquet file; None when there is none."""
+    if data_uri.endswith(".parquet"):
+        return data_uri if exists(data_uri) else None
     for candidate in (join(data_uri, MANIFEST_FILE), join(data_uri.rstrip("/").rsplit("/", 1)[0], MANIFEST_FILE)):
         if exists(candidate):
-            return ManifestInfo(candidate, hashlib.sha256(read_bytes(candidate)).hexdigest())
-    return ManifestInfo(join(data_uri, MANIFEST_FILE), "missing")
+            return candidate
+    return None
+
+
+def manifest_info(data_uri: str) -> ManifestInfo:
+    """The dataset's manifest and its hash: which exact data a run trained or was evaluated on."""
+    uri = manifest_uri(data_uri)
+    if uri is None:
+        return ManifestInfo(join(data_uri, MANIFEST_FILE), "missing")
+    return ManifestInfo(uri, hashlib.sha256(read_bytes(uri)).hexdigest())
+
+
+def read_manifest(data_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The manifest table of a dataset (folder, shards folder or s3:// prefix) or of a manifest
+    file, all columns or those named; FileNotFoundError naming where it was looked for."""
+    fs, path = _locate_manifest(data_uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def manifest_schema(data_uri: str) -> pa.Schema:
+    """The manifest's columns, read from the file's footer alone."""
+    fs, path = _locate_manifest(data_uri)
+    return pq.read_schema(path, filesystem=fs)
+
+
+def _locate_manifest(data_uri: str) -> tuple[pafs.FileSystem, str]:
+    uri = manifest_uri(data_uri)
+    if uri is None:
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {data_uri} (or beside it)")
+    return resolve(uri)

@@ -7,6 +7,7 @@ filesystem reads itself, so AWS S3 and any S3-compatible store work unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -66,10 +67,13 @@ class AtomicWriter:
     def finish(self, succeeded: bool) -> None:
         """Publish the bytes under the final name, or drop them."""
         assert self.stream is not None, "finish() before open()"
-        self.stream.close()
         if succeeded:
+            self.stream.close()
             self.fs.move(self.temporary_path, self.path)
-        else:
+            return
+        # best effort: the storage may be what failed; a rerun removes what is left
+        with contextlib.suppress(OSError):
+            self.stream.close()
             self.fs.delete_file(self.temporary_path)
 
     def __enter__(self) -> pafs.NativeFile:

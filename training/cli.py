@@ -22,7 +22,16 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-size": ("batch_size", int, "clips per worker per micro-batch"),
     "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
     "--lr": ("lr", float, "AdamW learning rate (default 1e-4)"),
-    "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)"),
+    "--precision": (
+        "precision",
+        str,
+        "auto, fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler; auto: bf16 on a CUDA device that has it)",
+    ),
+    "--cpus-per-worker": (
+        "cpus_per_worker",
+        float,
+        "CPUs each worker reserves for its input and torch threads (default 1, with --gpus 8)",
+    ),
     "--ema-rate": ("ema_rate", float, "EMA decay once warmed up (default 0.9999)"),
     "--log-every": ("log_every", int, "steps between logged metrics"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints"),
@@ -36,7 +45,14 @@ _FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
         float,
         "share of the source videos held out from training, by a hash of each source's URI (default 0.05)",
     ),
+    "--filter": (
+        "filter",
+        str,
+        "train only on the manifest rows this expression keeps, e.g. 'audio_rms_db > -50 and scene_cuts == 0'",
+    ),
     "--seed": ("seed", int, "random seed"),
+    "--prefetch": ("prefetch", int, "batches decoded ahead of the step in a background thread (default 2; 0: none)"),
+    "--decode-threads": ("decode_threads", int, "threads decoding samples for the prefetching thread (default 1)"),
 }
 
 
@@ -47,6 +63,20 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", default=None, help="N workers, or MIN:MAX for elastic training")
     parser.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker (NCCL)")
+    parser.add_argument(
+        "--shared-filesystem",
+        action="store_true",
+        default=None,
+        help="local --data/--output paths are on a filesystem every Ray node mounts (else refused on a multi-node cluster)",
+    )
+    parser.add_argument(
+        "--forward-env",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="also hand the workers the driver's variables starting with PREFIX (repeatable; "
+        "AWS_, MLFLOW_, MMDIFF_, NCCL_, TORCH_NCCL_, FI_ always; credentials never)",
+    )
     for flag, (_, kind, help_) in _FIELD_FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_)
     return parser
@@ -66,6 +96,10 @@ def config_from_args(args: argparse.Namespace, task: Task) -> TrainConfig:
         values["workers"] = parse_workers(args.workers)
     if args.gpus:
         values["gpus"] = True
+    if args.shared_filesystem:
+        values["shared_filesystem"] = True
+    if args.forward_env:
+        values["forward_env"] = [*values.get("forward_env", ()), *args.forward_env]
     missing = [name for name in ("data", "output") if name not in values]
     if missing:
         raise ValueError(

@@ -16,14 +16,19 @@ import yaml
 
 from mmdiffusion.bundle import ModelBundle, default_diffusion
 from mmdiffusion.config import CoupledUNetConfig
+from mmdiffusion.device import PRECISIONS, Precision
 from mmdiffusion.diffusion import DiffusionConfig
 from mmdiffusion.sr_unet import SuperResUNetConfig
+from pipeline.credentials import prefix_problems
 from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit
 from training.ema import EMASchedule
+from training.loader import DEFAULT_DECODE_THREADS, DEFAULT_PREFETCH
 
 Task = Literal["coupled", "sr"]
-Precision = Literal["fp32", "bf16", "fp16"]
 MODEL_PRESETS = ("paper", "small", "tiny")
+GPU_WORKER_CPUS = 8
+"""CPUs a GPU worker reserves by default for its input (decoding, shuffling, host copies):
+8 fit the 90-96 vCPUs of an 8-GPU node (infra/), with some left for Ray's own processes."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class TrainConfig:
     workers: int | tuple[int, int] = 1
     """Number of workers, or (min, max) for elastic training."""
     gpus: bool = False
+    cpus_per_worker: float | None = None
+    """CPUs each worker reserves (Ray sets its OMP_NUM_THREADS to them); None: 1 for a CPU
+    worker, `GPU_WORKER_CPUS` for a GPU worker."""
     steps: int = 1000
     """Optimizer steps in total (a resumed run continues up to this count)."""
     batch_size: int = 4
@@ -49,7 +57,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
+    """Autocast: auto is bf16 on a CUDA device that supports it, fp32 elsewhere (`mmdiffusion.device`)."""
     ema_rate: float = EMASchedule.rate
     """The EMA's decay once warmed up (docs/training.md)."""
     ema_warmup: bool = EMASchedule.warmup
@@ -63,11 +72,19 @@ class TrainConfig:
     keep_checkpoints: int = 3
     shuffle_buffer: int = 64
     flip: bool = True
+    prefetch: int = DEFAULT_PREFETCH
+    """Batches the loader makes ahead of the step in a background thread; 0: in the training thread."""
+    decode_threads: int = DEFAULT_DECODE_THREADS
+    """Threads decoding samples for the prefetching thread."""
     sr_frames_per_clip: int = 1
-    """SR training: frames drawn from each clip per batch."""
+    """SR training: frames drawn from each clip per batch, picked by the loader before decoding."""
     held_out_share: float = DEFAULT_HELD_OUT_SHARE
     """Share of the source videos held out from training (`pipeline.shard_format.DataSplit`):
     training reads the others only; evaluation and validation read these."""
+    filter: str | None = None
+    """Train only on the manifest rows this expression keeps (`training.selection`), e.g.
+    `audio_rms_db > -50 and scene_cuts == 0 and duplicate_of is null`; checked against the
+    manifest's columns before any worker starts."""
     seed: int = 0
     run_name: str = "mmdiff-train"
     experiment: str = "mmdiffusion"
@@ -78,6 +95,12 @@ class TrainConfig:
     tracking_uri: str | None = None
     """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
     max_failures: int = 3
+    shared_filesystem: bool = False
+    """Local `data`/`output` paths are on a filesystem every node mounts (NFS, Lustre, EFS):
+    allowed on a cluster of several nodes, where local paths are refused otherwise."""
+    forward_env: tuple[str, ...] = ()
+    """Prefixes of driver environment variables handed to the workers besides the standard
+    ones (`training.run.FORWARDED_ENVIRONMENT_PREFIXES`); credentials never are."""
     max_nonfinite: int = 10
     """Stop after this many consecutive steps with a NaN or infinite loss."""
 
@@ -87,8 +110,10 @@ class TrainConfig:
             problems.append(f"task must be 'coupled' or 'sr', got {self.task!r}")
         if self.model not in MODEL_PRESETS:
             problems.append(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            problems.append(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be fp32, bf16 or fp16 (or auto), got {self.precision!r}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            problems.append(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
         for name in (
             "steps",
             "batch_size",
@@ -99,10 +124,14 @@ class TrainConfig:
             "shuffle_buffer",
             "sr_frames_per_clip",
             "max_nonfinite",
+            "decode_threads",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.prefetch < 0:
+            problems.append(f"prefetch must be at least 0, got {self.prefetch}")
         problems.extend(self.ema_schedule().problems())
+        problems.extend(prefix_problems(self.forward_env))
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.held_out_share < 1.0:
@@ -124,6 +153,13 @@ class TrainConfig:
         if isinstance(self.workers, tuple) and len(self.workers) == 2:
             return self.workers
         return 0, 0  # not a count or a (min, max) pair: reported as invalid
+
+    @property
+    def worker_cpus(self) -> float:
+        """The CPUs each worker reserves."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        return GPU_WORKER_CPUS if self.gpus else 1
 
     def model_config(self) -> CoupledUNetConfig | SuperResUNetConfig:
         config_class = CoupledUNetConfig if self.task == "coupled" else SuperResUNetConfig
@@ -161,6 +197,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config fields: {unknown}; known: {sorted(known)}")
         values = dict(values)
+        if isinstance(values.get("forward_env"), (list, str)):
+            given = values["forward_env"]
+            values["forward_env"] = (given,) if isinstance(given, str) else tuple(given)
         if isinstance(values.get("workers"), list):
             values["workers"] = tuple(values["workers"])
         elif isinstance(values.get("workers"), str):

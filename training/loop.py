@@ -22,6 +22,7 @@ from torch import nn
 
 from mmdiffusion.bundle import KIND_NAMES, ModelBundle, Provenance, describe_diffusion, model_kind
 from mmdiffusion.checkpoint import load_checked_state_dict
+from mmdiffusion.device import AUTOCAST_DTYPES, device_settings
 from mmdiffusion.diffusion import DiffusionConfig
 from pipeline.credentials import redact
 from training.config import TrainConfig
@@ -30,14 +31,13 @@ from training.faults import CrashDrill
 from training.loader import ClipLoader, DataPosition
 from training.metrics import IntervalMetrics, StepTally, sum_over_workers
 from training.resolver import resolve_model
+from training.selection import select_manifest
 from training.session import RaySession, Session
 from training.state import RunState, read_position, read_state, restore_weights, write_checkpoint
 from training.tasks import Task, make_task
 from training.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def loop_config(
@@ -77,6 +77,9 @@ class Trainee:
 def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> LoopOutcome:
     config = TrainConfig.from_dict(loop_inputs["config"])
     session = session or RaySession()
+    settings = device_settings(session.device, config.precision)  # `auto` made concrete, CUDA defaults
+    settings.apply()
+    config = config.replace(precision=settings.precision)
     task = make_task(config)
     with session.latest_checkpoint() as folder:
         trainee = build_trainee(config, session, task, folder)
@@ -99,6 +102,10 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         seed=config.seed,
         position=position,
         split=config.training_split(),
+        selected=select_manifest(config.data, config.filter).keys if config.filter else None,
+        prefetch=config.prefetch,
+        decode_threads=config.decode_threads,
+        pin_memory=session.device.type == "cuda",
     )
     logger = MetricLogger(loop_inputs["tracking_uri"], state.mlflow_run_id, enabled=session.rank == 0)
     log.info(
@@ -127,6 +134,7 @@ def train_loop(loop_inputs: dict[str, Any], session: Session | None = None) -> L
         finished = not outcome.nonfinite_stop
         return outcome
     finally:
+        loader.close()
         logger.close(finished)
 
 

@@ -17,25 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from mmdiffusion.bundle import model_kind
-from pipeline.credentials import forwarded_settings
-from pipeline.shard_format import list_shards, manifest_info
+from pipeline.credentials import FABRIC_PREFIXES, forwarded_settings, redact
+from pipeline.shard_format import DataError, list_shards, manifest_info
 from pipeline.storage import is_remote, join, resolve, write_atomically
 from training.config import TrainConfig
 from training.loop import loop_config, train_loop
 from training.plots import plot_loss_curves
 from training.resolver import check_model_source, resolve_model
+from training.selection import ManifestSelection, select_manifest
 from training.session import LocalSession
 from training.tracking import LOSS_METRICS, open_run, resolve_tracking_uri, take_stop_reason
 
 log = logging.getLogger(__name__)
 
 LOSS_CURVE_FILE = "loss_curve.png"
-FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_", "MMDIFF_")
-"""Settings the workers need to reach object storage and the tracking server, and this
-project's own (`MMDIFF_*`), forwarded from the driver: workers may run in processes started
-before they were set, or on other nodes. Credentials are not forwarded (Ray keeps a runtime
-env where its dashboard and logs show it): workers take them from their own environment or
-credentials files (pipeline/credentials.py)."""
+FORWARDED_ENVIRONMENT_PREFIXES = ("AWS_", "MLFLOW_", "MMDIFF_", *FABRIC_PREFIXES)
+"""Settings the workers need to reach object storage and the tracking server, this project's
+own (`MMDIFF_*`) and the NCCL and network-fabric ones, forwarded from the driver: workers may
+run in processes started before they were set, or on other nodes. Credentials are not
+forwarded (Ray keeps a runtime env where its dashboard and logs show it): workers take them
+from their own environment or credentials files (pipeline/credentials.py)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,8 +64,11 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     shards = list_shards(config.data)  # a missing path or no shards fails here, before any worker
     if config.init_from:
         check_model_source(config.init_from, model_kind(config.model_config()))
+    selection = _checked_selection(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
-    run_id = open_run(config, tracking_uri, len(shards))
+    if not in_process:  # connects to Ray: the local one, or the cluster at RAY_ADDRESS
+        check_paths_reach_every_node(config, tracking_uri, ray_node_count())
+    run_id = open_run(config, tracking_uri, len(shards), selection)
     take_stop_reason(tracking_uri, run_id)  # a stop of an earlier attempt is history now
     inputs = loop_config(config, shards, run_id, tracking_uri, manifest_info(config.data).sha256)
     if in_process:
@@ -86,6 +90,23 @@ def train(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     return _finish(config, run_id, tracking_uri, checkpoint_uri, metrics)
 
 
+def _checked_selection(config: TrainConfig) -> ManifestSelection | None:
+    """The `--filter` selection, checked on the driver: a bad expression, an unknown column or a
+    filter that keeps nothing fails here, before any worker starts."""
+    if not config.filter:
+        return None
+    try:
+        selection = select_manifest(config.data, config.filter)
+    except FileNotFoundError as error:
+        raise DataError(f"--filter needs the dataset's manifest: {error}") from None
+    if selection.kept_clips == 0:
+        raise DataError(
+            f"--filter {config.filter!r} keeps none of the {selection.manifest_clips} clips of {config.data}"
+        )
+    log.info("--filter %r keeps %d of %d clips", config.filter, selection.kept_clips, selection.manifest_clips)
+    return selection
+
+
 def train_sr(config: TrainConfig, *, in_process: bool = False) -> TrainResult:
     """Train the super-resolution U-Net (the same infrastructure, the SR task)."""
     return train(config.replace(task="sr"), in_process=in_process)
@@ -102,34 +123,74 @@ def _absolute_local_paths(config: TrainConfig) -> TrainConfig:
     )
 
 
-def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+def ray_node_count() -> int:
+    """The alive nodes of the Ray cluster (started locally, or the one at RAY_ADDRESS)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init()  # a local Ray, or the cluster at RAY_ADDRESS
-    environment = forwarded_settings(FORWARDED_ENVIRONMENT_PREFIXES)
-    storage_path, filesystem = _storage(config.output)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=inputs,
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus),
-        run_config=RunConfig(
-            name=config.run_name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            worker_runtime_env={"env_vars": environment} if environment else None,
-        ),
-    )
+        ray.init()
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def check_paths_reach_every_node(config: TrainConfig, tracking_uri: str, nodes: int) -> None:
+    """On a cluster of several nodes, refuse local paths unless declared shared: rank 0 on
+    another node would write the checkpoints (and the MLflow store) where the driver cannot
+    read them, and every other rank would keep its data position on its own disk, so a resume
+    would silently restart its epoch."""
+    if nodes <= 1 or config.shared_filesystem:
+        return
+    local = [
+        f"--{flag} {value}"
+        for flag, value in (("data", config.data), ("output", config.output), ("init-from", config.init_from))
+        if value is not None and not is_remote(value)
+    ]
+    if tracking_uri.startswith(("sqlite:", "file:", "/", ".")):  # a database file or folder store
+        local.append(f"the MLflow store {redact(tracking_uri)} (MLFLOW_TRACKING_URI)")
+    if local:
+        raise ValueError(
+            f"the Ray cluster has {nodes} nodes, and {', '.join(local)} "
+            f"{'is' if len(local) == 1 else 'are'} local to each node: use shared storage or s3:// URIs "
+            "(and an MLflow server), or pass --shared-filesystem if these paths are on a filesystem every node mounts"
+        )
+
+
+def _fit_on_ray(config: TrainConfig, inputs: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+    from ray.train.torch import TorchTrainer
+
+    scaling_config, run_config = ray_train_configs(config)
+    trainer = TorchTrainer(train_loop, train_loop_config=inputs, scaling_config=scaling_config, run_config=run_config)
     result = trainer.fit()
     checkpoint = result.checkpoint
     if checkpoint is None:
         return dict(result.metrics or {}), None
     uri = f"s3://{checkpoint.path}" if is_remote(config.output) else checkpoint.path
     return dict(result.metrics or {}), uri
+
+
+def worker_environment(config: TrainConfig) -> dict[str, str]:
+    """The driver's variables the workers are handed: the standard prefixes and the run's
+    `forward_env` ones, credentials left out (pipeline/credentials.py)."""
+    return forwarded_settings(FORWARDED_ENVIRONMENT_PREFIXES + tuple(config.forward_env))
+
+
+def ray_train_configs(config: TrainConfig) -> tuple[Any, Any]:
+    """Ray Train's `ScalingConfig` and `RunConfig` for `config`: what workers it reserves, what
+    they are handed, where checkpoints go."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    environment = worker_environment(config)
+    storage_path, filesystem = _storage(config.output)
+    resources = {"CPU": config.worker_cpus, **({"GPU": 1} if config.gpus else {})}
+    scaling = ScalingConfig(num_workers=config.workers, use_gpu=config.gpus, resources_per_worker=resources)
+    run = RunConfig(
+        name=config.run_name,
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
+        failure_config=FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        worker_runtime_env={"env_vars": environment} if environment else None,
+    )
+    return scaling, run
 
 
 def _storage(output: str) -> tuple[str, Any]:

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipeline.shard_format import manifest_schema, read_manifest
 
 
 class FilterError(ValueError):
@@ -202,3 +207,47 @@ def parse_filter(text: str, schema: pa.Schema) -> Selection:
 def select_rows(table: pa.Table, text: str) -> pa.Table:
     """The rows of `table` that satisfy the filter expression `text`."""
     return parse_filter(text, table.schema).apply(table)
+
+
+class KeySet:
+    """The keys of selected clips, as a sorted array of 64-bit digests: a training worker holds
+    8 bytes per kept clip (80 MB for 10^7 clips) instead of a set of strings."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = np.unique(np.fromiter((_key_digest(key) for key in keys), dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        digest = np.uint64(_key_digest(key))
+        index = int(np.searchsorted(self._digests, digest))
+        return index < len(self._digests) and self._digests[index] == digest
+
+
+def _key_digest(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class ManifestSelection:
+    """The clips of a dataset that a filter keeps."""
+
+    expression: str
+    keys: KeySet
+    manifest_clips: int
+
+    @property
+    def kept_clips(self) -> int:
+        return len(self.keys)
+
+
+def select_manifest(data_uri: str, text: str) -> ManifestSelection:
+    """Apply the filter `text` to the dataset's manifest. FilterError for a bad expression or an
+    unknown column (naming the known ones), FileNotFoundError when the dataset has no manifest."""
+    selection = parse_filter(text, manifest_schema(data_uri))
+    manifest = read_manifest(data_uri, columns=list(dict.fromkeys(["key", *selection.columns])))
+    kept = selection.apply(manifest).column("key")
+    return ManifestSelection(text, KeySet(kept.to_pylist()), manifest.num_rows)

@@ -17,6 +17,7 @@ from mmdiffusion.diffusion import GaussianDiffusion
 from mmdiffusion.sr_unet import SuperResUNetConfig
 from pipeline.shard_format import SampleSpec
 from training.config import TrainConfig
+from training.loader import frames_to_float
 
 
 class Task(Protocol):
@@ -78,13 +79,17 @@ class SuperResTask:
 
     def sample_spec(self) -> SampleSpec:
         c = self.model_config
-        return SampleSpec(frames=self.frames, image_size=c.low_res_size, audio_length=0, sr_size=c.image_size)
+        return SampleSpec(
+            frames=self.frames,
+            image_size=c.low_res_size,
+            audio_length=0,
+            sr_size=c.image_size,
+            frames_kept=self.frames_per_clip,
+        )
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        clips = batch["video_sr"]
-        picks = torch.stack([torch.randperm(clips.shape[1])[: self.frames_per_clip] for _ in range(clips.shape[0])])
-        chosen = clips[torch.arange(clips.shape[0])[:, None].to(clips.device), picks.to(clips.device)]
-        high = rearrange(chosen, "b k c h w -> (b k) c h w")
+        """`video_sr` holds the loader's picked frames as uint8 [B, K, 3, S, S], scaled here, on the device."""
+        high = frames_to_float(rearrange(batch["video_sr"], "b k c h w -> (b k) c h w"))
         low = F.interpolate(high, size=self.model_config.low_res_size, mode="area")
         t = self.diffusion.sample_timesteps(high.shape[0], high.device, None)
         noise = torch.randn_like(high)

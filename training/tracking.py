@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.credentials import redact, redacted
 from pipeline.shard_format import manifest_info
 from training.config import TrainConfig
+from training.selection import ManifestSelection
 
 RUN_KEY_TAG = "mmdiff.run_key"
 """Identifies a training run across attempts: its output URI and run name."""
@@ -48,9 +49,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_params(config: TrainConfig, shard_count: int) -> dict[str, str]:
-    """Everything that defines the run: the whole config, the resolved model config, the data;
-    redacted (no URI user information, no value of a secret variable of the environment)."""
+def run_params(config: TrainConfig, shard_count: int, selection: ManifestSelection | None = None) -> dict[str, str]:
+    """Everything that defines the run: the whole config, the resolved model config, the data
+    and what its `--filter` keeps; redacted (no URI user information, no value of a secret
+    variable of the environment)."""
     manifest = manifest_info(config.data)
     params = dict(_flatten(config.to_dict()))
     params.update(_flatten(config.model_config().to_dict(), "model_config."))
@@ -63,6 +65,9 @@ def run_params(config: TrainConfig, shard_count: int) -> dict[str, str]:
             "git_commit": git_commit(),
         }
     )
+    if selection is not None:
+        params["data.filter_kept_clips"] = str(selection.kept_clips)
+        params["data.filter_manifest_clips"] = str(selection.manifest_clips)
     return redacted(params)
 
 
@@ -74,7 +79,9 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, st
             yield f"{prefix}{key}", str(value)
 
 
-def open_run(config: TrainConfig, tracking_uri: str, shard_count: int) -> str:
+def open_run(
+    config: TrainConfig, tracking_uri: str, shard_count: int, selection: ManifestSelection | None = None
+) -> str:
     """The id of this training run's MLflow run, created with its parameters on the first attempt."""
     import mlflow
     from mlflow.entities import Param
@@ -96,7 +103,7 @@ def open_run(config: TrainConfig, tracking_uri: str, shard_count: int) -> str:
     run = client.create_run(
         experiment_id, run_name=config.run_name, tags={RUN_KEY_TAG: run_key(config), "mmdiff.task": config.task}
     )
-    params = [Param(name, value[:6000]) for name, value in run_params(config, shard_count).items()]
+    params = [Param(name, value[:6000]) for name, value in run_params(config, shard_count, selection).items()]
     for first in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=params[first : first + 100])
     return run.info.run_id

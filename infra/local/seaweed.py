@@ -40,11 +40,13 @@ class SeaweedPorts:
     filer_grpc: int
     admin: int
     admin_grpc: int
+    metrics: int
+    """Prometheus metrics (`/metrics`): request counters per bucket and type."""
 
     @classmethod
     def pick_free(cls, s3: int | None = None) -> SeaweedPorts:
         """Free ports for every listener; the S3 port may be fixed by the caller."""
-        ports = iter(free_ports(10))
+        ports = iter(free_ports(11))
         return cls(
             s3=s3 or next(ports),
             s3_grpc=next(ports),
@@ -56,6 +58,7 @@ class SeaweedPorts:
             filer_grpc=next(ports),
             admin=next(ports),
             admin_grpc=next(ports),
+            metrics=next(ports),
         )
 
 
@@ -70,6 +73,10 @@ class SeaweedConfig:
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.ports.s3}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.metrics}/metrics"
 
 
 def weed_binary() -> Path:
@@ -110,6 +117,7 @@ def seaweed_command(config: SeaweedConfig) -> list[str]:
         f"-filer.port.grpc={ports.filer_grpc}",
         f"-admin.port={ports.admin}",
         f"-admin.port.grpc={ports.admin_grpc}",
+        f"-metricsPort={ports.metrics}",
     ]
 
 
@@ -133,6 +141,22 @@ def launch_seaweed(config: SeaweedConfig, log_path: Path) -> ServerLaunch:
 def start_seaweed(config: SeaweedConfig, log_path: Path, timeout_s: float = 60.0) -> int:
     """Start `weed mini`, wait until the S3 gateway answers `/healthz`, and return its pid."""
     return launch_seaweed(config, log_path).wait_healthy(timeout_s)
+
+
+def s3_request_count(metrics_url: str, bucket: str) -> int:
+    """S3 requests the server has answered for `bucket` so far, of every type and status
+    (its `SeaweedFS_s3_request_total` counters)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    label = f'bucket="{bucket}"'
+    counts = (
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("SeaweedFS_s3_request_total{") and label in line
+    )
+    return int(sum(counts))
 
 
 def ensure_buckets(config: SeaweedConfig, buckets: Iterable[str]) -> None:

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mmdiffusion.metrics.i3d import INPUT_SIZE, InceptionI3d, load_i3d
+from mmdiffusion.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
+from mmdiffusion.metrics.i3d import FEATURE_DIM, INPUT_SIZE, InceptionI3d, load_i3d
+from mmdiffusion.metrics.weights import I3D_KINETICS_400, YAMNET_W8A8, resolve_weights, weights_sha256
 
 AudioExtractor = Callable[[np.ndarray], np.ndarray]
 """audio [N, 1, L] float in [-1, 1] → features [N, D]"""
@@ -43,6 +45,53 @@ class ExtractorConfig:
             raise ValueError("audio_model 'vggish' needs audio_weights: no VGGish weights ship with the project")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """What a feature row is: the network, its exact weights, the layer read, and how clips
+    are fed to it. Two numbers compare only when their features come from the same source."""
+
+    extractor: str
+    weights_sha256: str
+    layer: str
+    dimension: int
+    sample_rate: str
+    resize: str
+
+
+def video_feature_source(config: ExtractorConfig) -> FeatureSource:
+    """The I3D features of `I3DFeatures`, from the weights `config` names."""
+    return FeatureSource(
+        "i3d-kinetics-400",
+        weights_sha256(resolve_weights(config.i3d_weights, I3D_KINETICS_400)),
+        f"logits ({FEATURE_DIM}, averaged over time)",
+        FEATURE_DIM,
+        f"{FPS} fps",
+        f"bilinear {IMAGE_SIZE}->{INPUT_SIZE}, [-1, 1]",
+    )
+
+
+def audio_feature_source(config: ExtractorConfig) -> FeatureSource:
+    """The FAD embeddings of `build_audio_extractor(config)`."""
+    if config.audio_model == "vggish":
+        from mmdiffusion.metrics.vggish import EMBEDDING_DIM as dimension
+
+        weights = Path(str(config.audio_weights))
+        layer = f"embedding ({dimension}, before PCA), mean over 0.96 s patches"
+    else:
+        from mmdiffusion.metrics.yamnet import EMBEDDING_DIM as dimension
+
+        weights = resolve_weights(config.audio_weights, YAMNET_W8A8)
+        layer = f"embedding ({dimension}, the classifier's input), mean over 0.96 s patches"
+    return FeatureSource(
+        config.audio_model,
+        weights_sha256(weights),
+        layer,
+        dimension,
+        f"{SAMPLE_RATE} Hz",
+        "log-mel 64 bands, 25 ms / 10 ms",
+    )
 
 
 class I3DFeatures:

@@ -15,7 +15,9 @@ The files are located through the packages' installed metadata, never by importi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -69,3 +71,20 @@ def resolve_weights(user_path: str | Path | None, default: ShippedWeights) -> Pa
     if not path.is_file():
         raise MissingWeightsError(f"weights file {str(user_path)!r} for the {default.describes} does not exist")
     return path
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 of a weights file: which exact network a metric was computed with."""
+    path = Path(path)
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Cached by path, size and modification time: the I3D file is read once per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

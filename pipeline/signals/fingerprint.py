@@ -114,7 +114,8 @@ def audio_fingerprint(spectrum: Spectrogram, silent: bool) -> bytes | None:
 
 def audio_codes(fingerprints: np.ndarray) -> np.ndarray:
     """uint8 [..., AUDIO_FINGERPRINT_BYTES] -> the 4-bit level codes [..., 2 * bytes]."""
-    return np.stack([fingerprints >> 4, fingerprints & 0x0F], axis=-1).reshape(*fingerprints.shape[:-1], -1)
+    shape = (*fingerprints.shape[:-1], 2 * fingerprints.shape[-1])  # explicit: no pair to compare is fine too
+    return np.stack([fingerprints >> 4, fingerprints & 0x0F], axis=-1).reshape(shape)
 
 
 def audio_distance_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_a_typo_in_a_filter_fails_before_any_work(output: Path, tmp_path: Path, 
 
 def test_a_manifest_without_signals_or_no_manifest_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert mmdiff(["curate", "--data", str(tmp_path)]) == 2
-    assert "no readable manifest" in capsys.readouterr().err
+    assert f"no manifest.parquet in {tmp_path}" in capsys.readouterr().err
     pq.write_table(pa.table({"key": ["a"], "shard": ["shards/shard-000000.tar"]}), tmp_path / "manifest.parquet")
     assert mmdiff(["curate", "--data", str(tmp_path), "--report", str(tmp_path / "r")]) == 2
     assert "no signal columns" in capsys.readouterr().err

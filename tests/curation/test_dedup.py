@@ -46,6 +46,19 @@ def test_fingerprints_as_hex_strings_give_the_same_groups(curation_media, clip_s
     assert duplicate_map(find_duplicates(as_json)[0]) == duplicate_map(find_duplicates(manifest)[0])
 
 
+@pytest.mark.parametrize("names", [("reference", "other"), ("reference",), ()])
+def test_a_manifest_without_any_candidate_pair_has_no_duplicates(curation_media, clip_signals, names) -> None:
+    manifest = manifest_of(curation_media, {name: clip_signals[name] for name in names})
+    table, report = find_duplicates(manifest)
+    assert table["duplicate_of"].null_count == len(names) and report.duplicates == report.candidate_pairs == 0
+
+
+def test_no_pair_to_compare_gives_no_distances() -> None:
+    """When no candidate pair passes the video test, the audio test gets empty arrays."""
+    empty = np.zeros((0, 64), dtype=np.uint8)
+    assert audio_distance_db(empty, empty).shape == (0,)
+
+
 def test_overlapping_clips_of_one_source_are_not_duplicates(curation_media: CurationMedia) -> None:
     path = str(curation_media.paths["tone"])  # a steady sound: shifted clips sound the same
     info, clips = open_source(path, ClipOptions(stride_frames=1, max_clips=4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import webdataset
 
 from mmdiffusion import CoupledUNet, CoupledUNetConfig
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SAMPLE_RATE
+from pipeline.shard_format import DEFAULT_HELD_OUT_SHARE, DataSplit, sample_key, source_position
 
 
 def _use_tracking_uri(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -93,26 +95,41 @@ def micro_model(seed: int, perturbed: bool = False) -> CoupledUNet:
     return model
 
 
+def source_uris(count: int, held_out: bool, share: float = DEFAULT_HELD_OUT_SHARE) -> list[str]:
+    """The first `count` URIs `source-N.mp4` whose sources fall in the held-out part of the
+    split with `share` (or in the training part)."""
+    found = (f"source-{n}.mp4" for n in itertools.count())
+    return list(
+        itertools.islice((uri for uri in found if (source_position(sample_key(uri, 0)) < share) == held_out), count)
+    )
+
+
 @dataclass(frozen=True)
 class ReferenceShards:
     root: Path
     good_keys: tuple[str, ...]
+    """Every decodable clip, in shard order: held-out and training sources alternate."""
+    held_out_keys: tuple[str, ...]
+    train_keys: tuple[str, ...]
     broken_key: str
+    """A held-out source's sample whose video has the wrong size."""
 
 
 @pytest.fixture(scope="session")
 def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShards:
-    """OUTPUT/shards/ with two shards of synthetic clips (a moving gradient and a tone),
-    the first also holding one sample whose video has the wrong size, and OUTPUT/manifest.parquet."""
+    """OUTPUT/shards/ with two shards of synthetic clips (a moving gradient and a tone), each
+    clip from its own source, alternately held out and training under the default split; the
+    first shard also holds one sample whose video has the wrong size; and OUTPUT/manifest.parquet."""
     root = tmp_path_factory.mktemp("evaluation-data")
     (root / "shards").mkdir()
     rng = np.random.default_rng(0)
+    held_out, training = source_uris(5, held_out=True), source_uris(2, held_out=False)
     keys: list[str] = []
-    broken = "clip-broken"
+    broken = sample_key(held_out.pop(), 0)
     for shard in range(2):
         with webdataset.TarWriter(str(root / "shards" / f"shard-{shard:06d}.tar")) as writer:
-            for index in range(2):
-                key = f"clip-{shard}-{index}"
+            for index in range(3):
+                key = sample_key((held_out if index % 2 == 0 else training).pop(0), 0)
                 frames = (
                     np.linspace(0, 255, IMAGE_SIZE)[None, None, :, None] + 20 * np.arange(FRAMES)[:, None, None, None]
                 )
@@ -127,4 +144,11 @@ def reference_shards(tmp_path_factory: pytest.TempPathFactory) -> ReferenceShard
                 small = np.zeros((FRAMES, 32, 32, 3), dtype=np.uint8)
                 writer.write({"__key__": broken, "video.npy": small, "audio.npy": audio, "json": {"source": broken}})
     pyarrow.parquet.write_table(pyarrow.table({"key": keys}), root / "manifest.parquet")
-    return ReferenceShards(root, tuple(keys), broken)
+    split = DataSplit("held_out")
+    return ReferenceShards(
+        root,
+        tuple(keys),
+        tuple(key for key in keys if split.keeps(key)),
+        tuple(key for key in keys if not split.keeps(key)),
+        broken,
+    )

@@ -316,3 +316,29 @@ def test_every_command_gives_the_same_clear_errors(
         error = capsys.readouterr().err
         assert expected in error and model.rsplit("/", 1)[-1] in error, (model, error)
     assert not (tmp_path / "samples").exists() and not (tmp_path / "runs").exists()
+
+
+def test_evaluate_scores_the_ema_or_the_raw_weights_on_the_held_out_split_and_logs_which(
+    trained, embedded_tracking_uri: str, reference_shards: ReferenceShards, capsys: pytest.CaptureFixture
+) -> None:
+    model = trained["cosine"]
+    data = ["--data", str(reference_shards.root), *FAST]
+    logged = {}
+    for weights in ("ema", "raw"):
+        assert evaluate_job.main(["--model", model.uris["checkpoint folder"], "--weights", weights, *data]) == 0
+        printed = capsys.readouterr().out
+        assert f"{weights} weights" in printed and "the held-out split (0.05 of the sources held out)" in printed
+        logged[weights] = MlflowClient().get_run(re.search(r"logged to MLflow run (\w+)", printed)[1]).data
+        assert logged[weights].params["weights"] == weights and logged[weights].params["split"] == "held_out"
+        assert logged[weights].params["held_out_share"] == str(model.config.held_out_share)
+    assert logged["ema"].metrics["val_loss"] == model.loss["val_loss"]  # the first held-out clip, as the fixture
+    assert abs(logged["raw"].metrics["val_loss"] - logged["ema"].metrics["val_loss"]) > 1e-5
+    # A registered model holds one set of weights: asking for the other is an error, not a silent swap.
+    assert evaluate_job.main(["--model", model.uris["models:/NAME/VERSION"], "--weights", "raw", *data]) == 2
+    assert "holds ema weights, not raw" in capsys.readouterr().err
+    # The training split is there to be chosen, and its clips are other clips.
+    assert evaluate_job.main(["--model", model.uris["file"], "--split", "train", *data]) == 0
+    printed = capsys.readouterr().out
+    assert "the training split" in printed
+    train_loss = MlflowClient().get_run(re.search(r"logged to MLflow run (\w+)", printed)[1]).data.metrics["val_loss"]
+    assert train_loss != logged["ema"].metrics["val_loss"]

@@ -13,15 +13,18 @@ import webdataset as wds
 
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SIZE
 from pipeline.decode import ClipOptions, load_clip, open_source
-from pipeline.errors import MediaError
+from pipeline.faults import RetryPolicy
 from pipeline.frames import fit_square, scaled_size
 from pipeline.listing import list_inputs
-from pipeline.resume import extend_plan, read_plan, read_records, remove_unfinished, unfinished_units, write_plan
+from pipeline.parts import finished_units, read_part
+from pipeline.resume import Plan, new_units, read_plan, remove_unfinished, unfinished_units, write_plan
 from pipeline.samples import encode_sample
 from pipeline.shard_format import jpeg_strip_to_frames, sr_member_name
 from pipeline.shards import ShardWriter
-from pipeline.task import ShardTask, decoding_failures_as_media_errors, run_shard_task
+from pipeline.task import ShardTask, run_shard_task, write_source
 from tests.fixtures.media import MediaSet
+
+POLICY = RetryPolicy(attempts=2, first_delay_s=0.01)
 
 
 def test_listing_finds_videos_recursively_in_any_case(media_set: MediaSet) -> None:
@@ -123,41 +126,57 @@ def test_shard_task_records_bad_files_with_their_reason_and_keeps_good_clips(
         str(media_set.good["film_24fps_22k_mono"]),
         str(media_set.bad["unreadable"]),
     ]
-    record = run_shard_task(ShardTask(number=7, sources=sources), str(tmp_path), ClipOptions())
+    record = run_shard_task(ShardTask(number=7, sources=sources), str(tmp_path), ClipOptions(), POLICY)
+    assert record.unfinished is None and record.clips == 2
     assert [error["reason"] for error in record.errors] == ["no_audio", "unreadable"]
     assert all(error["uri"] in error["message"] for error in record.errors)
-    assert [clip["source"] for clip in record.clips] == [sources[1]] * 2
+    rows, stored = read_part(str(tmp_path), 7, POLICY)
+    assert stored == record and rows.column("source").to_pylist() == [sources[1]] * 2
     samples = list(wds.WebDataset(str(tmp_path / "shards" / "shard-000007.tar"), shardshuffle=False).decode())
-    assert [sample["__key__"] for sample in samples] == [clip["key"] for clip in record.clips]
+    assert [sample["__key__"] for sample in samples] == rows.column("key").to_pylist()
     video, audio = load_clip(sources[1], samples[1]["json"]["start_seconds"])
     assert np.array_equal(samples[1]["video.npy"], video) and np.array_equal(samples[1]["audio.npy"], audio)
-    assert json.loads((tmp_path / "_parts" / "shard-000007.json").read_text())["sources"] == sources
 
 
 def test_resume_redoes_unfinished_units_under_their_planned_names(tmp_path: Path, media_set: MediaSet) -> None:
     sources = [str(path) for path in media_set.good.values()]
-    plan = extend_plan([], [], sources, videos_per_shard=2)
-    assert [unit.number for unit in plan] == list(range(len(plan)))
-    assert [uri for unit in plan for uri in unit.sources] == sources and all(len(unit.sources) <= 2 for unit in plan)
-    write_plan(str(tmp_path), plan)
-    run_shard_task(plan[0], str(tmp_path), ClipOptions(max_clips=1))
-    (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"left by a crash before its record")
+    plan = Plan(options={"resize": "pad"}, units=[])
+    plan.units += new_units(plan, sources, videos_per_shard=2)
+    assert [unit.number for unit in plan.units] == list(range(len(plan.units)))
+    assert [uri for unit in plan.units for uri in unit.sources] == sources
+    assert all(len(unit.sources) <= 2 for unit in plan.units)
+    write_plan(str(tmp_path), plan, POLICY)
+    run_shard_task(plan.units[0], str(tmp_path), ClipOptions(max_clips=1), POLICY)
+    (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"left by a crash before its part")
     (tmp_path / "shards" / ".tmp-123-shard-000002.tar").write_bytes(b"half")
-    records = read_records(str(tmp_path))
-    assert sorted(remove_unfinished(str(tmp_path), records)) == [".tmp-123-shard-000002.tar", "shard-000001.tar"]
+    finished = finished_units(str(tmp_path), POLICY)
+    assert finished == {0}
+    removed = remove_unfinished(str(tmp_path), finished, POLICY)
+    assert sorted(removed) == [".tmp-123-shard-000002.tar", "shard-000001.tar"]
     assert [path.name for path in (tmp_path / "shards").iterdir()] == ["shard-000000.tar"]
-    assert read_plan(str(tmp_path)) == plan
-    assert unfinished_units(plan, records) == plan[1:]
+    assert read_plan(str(tmp_path), POLICY) == plan
+    assert unfinished_units(plan, finished) == plan.units[1:]
     added = str(media_set.bad["too_short"])
-    assert extend_plan(plan, records, [*sources, added], videos_per_shard=2) == [*plan, ShardTask(len(plan), [added])]
+    assert new_units(plan, [*sources, added], videos_per_shard=2) == [ShardTask(len(plan.units), [added])]
 
 
-def test_an_unexpected_failure_inside_decoding_becomes_a_decode_error_of_that_source() -> None:
-    def clips_then_failure():
-        yield "first clip"
-        raise RuntimeError("resampler refused a frame")
+def test_an_output_of_the_old_format_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "_plan.json").write_text(json.dumps({"units": [{"number": 0, "sources": ["/a.mp4"]}]}))
+    with pytest.raises(ValueError, match="format 1; this version writes format 2"):
+        read_plan(str(tmp_path), POLICY)
 
-    guarded = decoding_failures_as_media_errors(clips_then_failure(), "/corpus/odd.mp4")
-    assert next(guarded) == "first clip"
-    with pytest.raises(MediaError, match="odd.mp4: decode_error: RuntimeError: resampler refused a frame"):
-        next(guarded)
+
+def test_an_unexpected_exception_of_one_source_is_recorded_with_its_own_reason(
+    tmp_path: Path, media_set: MediaSet
+) -> None:
+    good = str(media_set.good["film_24fps_22k_mono"])
+    odd = str(tmp_path / "odd.mp4")
+    (tmp_path / "odd.mp4").write_bytes((media_set.good["film_24fps_22k_mono"]).read_bytes())
+    options = ClipOptions(max_clips=1, resize="stretch")  # a mode the converter rejects, like a decoder bug
+    with ShardWriter(str(tmp_path), 0) as writer:
+        rows, error = write_source(writer, odd, options, POLICY)
+    assert rows == [] and error["reason"] == "unexpected_error" and error["clips_written"] == 0
+    assert error["message"].startswith(f"{odd}: unexpected_error: ValueError: resize mode must be one of")
+    with ShardWriter(str(tmp_path), 1) as writer:
+        rows, error = write_source(writer, good, ClipOptions(max_clips=1), POLICY)
+    assert error is None and len(rows) == 1

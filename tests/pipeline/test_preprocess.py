@@ -91,7 +91,7 @@ def test_crash_before_recording_a_shard_is_redone_exactly_once(
     first = preprocess(config)
     shard = tmp_path / "shards" / "shard-000001.tar"
     committed = shard.read_bytes()
-    (tmp_path / "_parts" / "shard-000001.json").unlink()  # the shard was committed, its record lost
+    (tmp_path / "_parts" / "shard-000001.parquet").unlink()  # the shard was committed, its record lost
     again = preprocess(config)
     assert again.clips > 0 and again.shards == 1 and again.clips_total == first.clips_total
     keys = [sample["__key__"] for sample in read_shards(tmp_path)]
@@ -211,12 +211,14 @@ def test_killed_job_joined_through_ray_address_resumes_without_duplicates(
     parts = output / "_parts"
     deadline = time.monotonic() + 120
     while (
-        not (parts.is_dir() and any(parts.glob("shard-*.json"))) and job.poll() is None and time.monotonic() < deadline
+        not (parts.is_dir() and any(parts.glob("shard-*.parquet")))
+        and job.poll() is None
+        and time.monotonic() < deadline
     ):
         time.sleep(0.02)
     job.kill()
     job.wait()
-    finished_before_kill = len(list(parts.glob("shard-*.json")))
+    finished_before_kill = len(list(parts.glob("shard-*.parquet")))
     units = len(media_set.good) + len(media_set.bad)
     assert 1 <= finished_before_kill < units, "the job must be killed part-way"
     stats = preprocess(PreprocessConfig(input=str(media_set.folder), output=str(output), workers=2, videos_per_shard=1))

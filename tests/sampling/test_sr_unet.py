@@ -28,7 +28,9 @@ def test_small_sr_unet_matches_the_released_outputs(golden, small_sr):
         output = small_sr(inputs["x"], inputs["timesteps"], low_res=inputs["low_res"])
     expected = golden["outputs"]["eps_and_var"]
     assert output.shape == expected.shape == (2, 6, 64, 64)
-    assert ((output - expected).norm() / expected.norm()).item() < 1e-6
+    # The release reproduces itself exactly on one CPU; another CPU's convolution kernels (here
+    # oneDNN on an AVX-512/AMX Xeon) round differently: 1.03e-6 measured. Any wiring fault is >= 1e-3.
+    assert ((output - expected).norm() / expected.norm()).item() < 1e-5
 
 
 def test_golden_config_is_the_named_small_config(golden):
