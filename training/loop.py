@@ -181,8 +181,11 @@ def _run_steps(
     trainee.prepared.train()
     # The host learns the steps' outcomes only at sync points: the steps that would be logging or
     # checkpoint steps if every step since the last sync applied its update, and every step after
-    # a sync found one that did not (until the next logging or checkpoint step).
-    unsynced, exact = 0, False
+    # a sync found one that did not (until the next logging or checkpoint step). With fp16 every
+    # step is a sync point: the grad scaler skips steps routinely, and a skipped step must neither
+    # count nor move the EMA; with fp32 and bf16 a skip is rare (a non-finite loss or gradient).
+    every_step = config.precision == "fp16"
+    unsynced, exact = 0, every_step
     while step < config.steps:
         applied = _train_step(config, session, task, trainee, batches, interval, tally)
         if drill is not None:
@@ -193,7 +196,7 @@ def _run_steps(
             trainee.ema.update(trainee.model)  # between sync points the update is presumed applied
             continue
         outcome = tally.read()
-        exact = outcome.applied < unsynced or outcome.consecutive > 0
+        exact = every_step or outcome.applied < unsynced or outcome.consecutive > 0
         step, nonfinite, skipped = step + outcome.applied, nonfinite + outcome.nonfinite, skipped + outcome.skipped
         unsynced = 0
         if outcome.nonfinite:
