@@ -3,8 +3,9 @@
 RS-MMA lets each video frame attend to a window of S audio segments and each audio segment to
 a window of S video frames, the windows starting R steps ahead and wrapping around the clip.
 It is computed with one batched `scaled_dot_product_attention` per direction: the windows are
-gathered with an index tensor, so memory grows with (H·W) × (S·L/F) per frame rather than with
-(F·H·W) × L, and there is no Python loop over frames.
+overlapping strided views over one gathered copy of F + S − 1 frames (not S copies of the keys
+and values), so memory grows with (H·W) × (S·L/F) per frame rather than with (F·H·W) × L, and
+there is no Python loop over frames.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, zero_init
+from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, norm_act_conv, zero_init
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,8 +28,30 @@ def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tens
     return q, k, v
 
 
+MAX_ATTENTION_BATCH = 65_535
+"""The most batch × heads one `scaled_dot_product_attention` call is given. CUDA kernels put
+the batch (or batch × heads) on a grid axis limited to 65,535 blocks, and temporal attention
+has a batch of B·H·W (B·1024 at the paper config's first attention level)."""
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_batch: int) -> torch.Tensor:
+    """`scaled_dot_product_attention` of `[N, heads, T, d]` in slices of the batch axis, each
+    at most `max_batch` × heads; the batch elements are independent, so the result is the same."""
+    rows = max(1, max_batch // q.shape[1])
+    if q.shape[0] <= rows:
+        return F.scaled_dot_product_attention(q, k, v)
+    chunks = [
+        F.scaled_dot_product_attention(*parts)
+        for parts in zip(q.split(rows), k.split(rows), v.split(rows), strict=True)
+    ]
+    return torch.cat(chunks)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the last axis of `[N, C, T]`, with a residual."""
+
+    max_batch: int = MAX_ATTENTION_BATCH
+    """batch × heads per attention call (see `MAX_ATTENTION_BATCH`); tests lower it."""
 
     def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
@@ -38,8 +61,8 @@ class SelfAttention(nn.Module):
         self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = split_heads(self.qkv(self.norm(x)), self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        q, k, v = split_heads(norm_act_conv(self.norm, x, self.qkv, act=False), self.heads)
+        out = chunked_attention(q, k, v, self.max_batch)
         return x + self.proj_out(rearrange(out, "n h t d -> n (h d) t"))
 
 
@@ -83,19 +106,26 @@ class RSMMA(nn.Module):
                 f"RS-MMA {self.block_name or ''} expects {self.frames} frames and an audio length divisible by them, "
                 f"got video {tuple(video.shape)} and audio {tuple(audio.shape)}"
             )
-        video_tokens = rearrange(self.v_norm(video), "b c f h w -> b c (f h w)")
+        # A video norm group spans all frames and pixels: normalising the tokens is the same.
+        video_qkv = norm_act_conv(self.v_norm, rearrange(video, "b c f h w -> b c (f h w)"), self.v_qkv, act=False)
+        audio_qkv = norm_act_conv(self.a_norm, audio, self.a_qkv, act=False)
         # Heads are merged into the batch axis and frames play the role of heads, so that
         # every attention call is a 4-D one, the layout the fused CPU and GPU kernels take.
         per_frame = "b h (f n) d -> (b h) f n d"
-        vq, vk, vv = (rearrange(t, per_frame, f=frames) for t in split_heads(self.v_qkv(video_tokens), self.heads))
-        aq, ak, av = (
-            rearrange(t, per_frame, f=frames) for t in split_heads(self.a_qkv(self.a_norm(audio)), self.heads)
-        )
-        index = window_index(frames, self.window, shift, device=video.device)
+        vq, vk, vv = (rearrange(t, per_frame, f=frames) for t in split_heads(video_qkv, self.heads))
+        aq, ak, av = (rearrange(t, per_frame, f=frames) for t in split_heads(audio_qkv, self.heads))
+        window = self.window
+        # Frame i's window starts at row i of these F + S - 1 frames (the windows' first
+        # segments, then the last window's tail).
+        index = window_index(frames, window, shift, device=video.device)
+        extended = torch.cat([index[:, 0], index[-1, 1:]])
 
         def windowed(tokens: torch.Tensor) -> torch.Tensor:
-            # [B·h, F, n, d] -> [B·h, F, S·n, d]: the S segments each frame (or segment) sees.
-            return rearrange(tokens[:, index], "bh f s n d -> bh f (s n) d")
+            # [B·h, F, n, d] -> [B·h, F, S·n, d]: the S segments each frame (or segment) sees, as
+            # overlapping windows over one copy of F + S - 1 frames (not S copies of each).
+            rows = tokens[:, extended]
+            _, _, n, d = tokens.shape
+            return rows.as_strided((rows.shape[0], frames, window * n, d), (rows.stride(0), n * d, d, 1))
 
         video_out = F.scaled_dot_product_attention(vq, windowed(ak), windowed(av))
         audio_out = F.scaled_dot_product_attention(aq, windowed(vk), windowed(vv))

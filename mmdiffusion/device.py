@@ -1,11 +1,12 @@
-"""The numeric settings a device gets by default: autocast precision, cuDNN autotuning, TF32
-matmuls and the fused AdamW kernel.
+"""The numeric settings a device gets by default: autocast precision, cuDNN autotuning and TF32
+matmuls. (Training uses the fused AdamW kernel on every device: its on-device skip of a
+non-finite step needs it, `training.loop`.)
 
 One function chooses them from the device (`device_settings`), so training, sampling and
 evaluation agree, and the choice is testable without the device: on CUDA, bf16 autocast where
 the GPU supports it (Ampere and newer), `cudnn.benchmark` (the clip shapes are fixed, so the
 autotuned kernels are reused for the whole run), TF32 for float32 matmuls (what stays float32
-under autocast, and every matmul with fp32 chosen), fused AdamW; on CPU, float32 and the defaults.
+under autocast, and every matmul with fp32 chosen); on CPU, float32 and the defaults.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ class DeviceSettings:
     """Autocast precision (`fp32`: none)."""
     cudnn_benchmark: bool
     tf32: bool
-    fused_adamw: bool
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -63,7 +63,7 @@ def device_settings(
         precision = "bf16" if cuda and bf16_supported else "fp32"
     elif precision == "bf16" and cuda and not bf16_supported:
         raise ValueError(f"precision bf16: {device} does not support bfloat16; use fp16 or fp32")
-    return DeviceSettings(device, precision, cudnn_benchmark=cuda, tf32=cuda, fused_adamw=cuda)
+    return DeviceSettings(device, precision, cudnn_benchmark=cuda, tf32=cuda)
 
 
 def resolve_device(device: str, flag: str = "--device") -> torch.device:

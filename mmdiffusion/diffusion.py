@@ -109,18 +109,26 @@ class GaussianDiffusion:
             "log_variance_fixed_large": np.log(np.append(posterior_variance[1], betas[1:])),
         }
         self.tables = {name: torch.from_numpy(values) for name, values in tables.items()}
+        self._device_tables: dict[torch.device, dict[str, torch.Tensor]] = {torch.device("cpu"): self.tables}
 
     # ------------------------------------------------------------------ helpers
+    def tables_on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The tables on `device`, copied there once (not a host-to-device copy per lookup)."""
+        device = torch.device(device)
+        if device not in self._device_tables:
+            self._device_tables[device] = {name: table.to(device) for name, table in self.tables.items()}
+        return self._device_tables[device]
+
     def extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table values at timesteps `t`, shaped to broadcast against `like` `[B, ...]`."""
-        values = self.tables[name].to(t.device)[t.long()].float()
-        return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
+        values = self.tables_on(like.device)[name][t.to(like.device).long()].float()
+        return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def sample_timesteps(
         self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Uniform timesteps `[batch]`."""
-        return torch.randint(0, self.num_steps, (batch,), generator=generator).to(device)
+        """Uniform timesteps `[batch]`, drawn on `device` (`generator`, if given, must live there)."""
+        return torch.randint(0, self.num_steps, (batch,), generator=generator, device=device)
 
     def quartile(self, t: torch.Tensor) -> torch.Tensor:
         """Which quarter of the schedule each timestep falls in (0..3), for per-quartile losses."""

@@ -30,6 +30,130 @@ class GroupNorm32(nn.Module):
         return out.to(x.dtype)
 
 
+def _norm_act(
+    x: torch.Tensor,
+    norm: nn.GroupNorm,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    act: bool = True,
+) -> torch.Tensor:
+    h = F.group_norm(x.float(), norm.num_groups, weight.float(), bias.float(), norm.eps).to(x.dtype)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h) if act else h
+
+
+class _RecomputedNormActConv(torch.autograd.Function):
+    """GroupNorm → optional scale-shift → SiLU → optional dropout → convolution, keeping only
+    the chain's input (and a one-byte dropout mask) for the backward pass, which recomputes
+    the cheap norm and activation and hands their output to the convolution's backward.
+
+    Left to autograd, a chain keeps the norm's output, the modulated tensor, the SiLU input, a
+    float dropout mask and the convolution's input: up to four and a half activations where
+    one suffices. The forward ops are the plain ones and the backward runs the same kernels,
+    so outputs and gradients are those of the unfused chain (for a given dropout mask)."""
+
+    @staticmethod
+    def forward(ctx, x, norm, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation):  # type: ignore[override]
+        h = _norm_act(x, norm, gn_weight, gn_bias, scale, shift, act)
+        mask = None
+        if drop > 0:
+            mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - drop)
+            h = h * mask / (1 - drop)
+        ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = norm, act, drop, padding, dilation
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        ctx.save_for_backward(x, gn_weight, gn_bias, scale, shift, mask, weight)
+        # Under autocast the convolution runs in the autocast dtype, as the plain chain's would;
+        # the backward pass (which runs without autocast) uses the same dtype.
+        device = x.device.type
+        ctx.conv_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            return torch.ops.aten.convolution(
+                h.to(ctx.conv_dtype),
+                weight.to(ctx.conv_dtype),
+                None if bias is None else bias.to(ctx.conv_dtype),
+                [1] * len(padding),
+                padding,
+                dilation,
+                False,
+                [0] * len(padding),
+                1,
+            )
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        chain_inputs = [x, gn_weight, gn_bias, scale, shift]
+        chain_needs = [needs[0], *needs[2:6]]
+        leaves = [
+            None if t is None else t.detach().requires_grad_(n) for t, n in zip(chain_inputs, chain_needs, strict=True)
+        ]
+        with torch.enable_grad():
+            h = _norm_act(leaves[0], ctx.norm, *leaves[1:], act=ctx.act)
+            if mask is not None:
+                h = h * mask / (1 - ctx.drop)
+        dtype = ctx.conv_dtype
+        grad_h, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad.to(dtype),
+            h.detach().to(dtype),
+            weight.to(dtype),
+            ctx.bias_sizes,
+            [1] * len(ctx.padding),
+            ctx.padding,
+            ctx.dilation,
+            False,
+            [0] * len(ctx.padding),
+            1,
+            [any(chain_needs), needs[8], needs[9] and ctx.bias_sizes is not None],
+        )
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
+        wanted = [t for t, n in zip(leaves, chain_needs, strict=True) if n and t is not None]
+        found = iter(torch.autograd.grad(h, wanted, grad_h.to(h.dtype)) if wanted else ())
+        chain_grads = [next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)]
+        return chain_grads[0], None, *chain_grads[1:], None, None, grad_weight, grad_bias, None, None
+
+
+def _conv_parts(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, list[int], list[int]]:
+    """The first convolution a chain feeds, as (weight, bias, padding, dilation)."""
+    if isinstance(conv, VideoConv):
+        spatial = conv.video_conv_spatial
+        return spatial.weight.unsqueeze(2), spatial.bias, [0, conv.padding, conv.padding], [1, 1, 1]
+    inner = conv.video_conv if isinstance(conv, Video3dConv) else getattr(conv, "audio_conv", conv)
+    return inner.weight, inner.bias, list(inner.padding), list(inner.dilation)
+
+
+def norm_act_conv(
+    norm: GroupNorm32,
+    x: torch.Tensor,
+    conv: nn.Module,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    dropout: nn.Dropout | None = None,
+    act: bool = True,
+) -> torch.Tensor:
+    """`conv(dropout(silu(norm(x) * (1 + scale) + shift)))` (without scale-shift when they are
+    None, without SiLU when not `act`) with the norm and activation recomputed in the backward
+    pass instead of stored (see `_RecomputedNormActConv`). `conv` is a `VideoConv`,
+    `Video3dConv`, `AudioConv` or a plain convolution."""
+    drop = dropout.p if dropout is not None and dropout.training else 0.0
+    gn = norm.GroupNorm
+    if not torch.is_grad_enabled():
+        h = _norm_act(x, gn, gn.weight, gn.bias, scale, shift, act)
+        return conv(F.dropout(h, drop, training=True) if drop else h)
+    weight, bias, padding, dilation = _conv_parts(conv)
+    out = _RecomputedNormActConv.apply(
+        x, gn, gn.weight, gn.bias, scale, shift, act, drop, weight, bias, padding, dilation
+    )
+    if isinstance(conv, VideoConv):
+        temporal = conv.video_conv_temporal
+        out = F.conv3d(out, temporal.weight[..., None, None], temporal.bias, padding=(conv.padding, 0, 0))
+    return out
+
+
 class VideoConv(nn.Module):
     """Factorised "2d+1d" video convolution: a k×k conv on every frame, then a size-k conv over
     the frames at every pixel, with no nonlinearity between.

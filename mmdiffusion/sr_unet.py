@@ -9,13 +9,14 @@ released key lists and golden outputs in `tests/golden_data` check it.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from mmdiffusion.config import NORM_GROUPS, PresetConfig
@@ -236,11 +237,19 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         tokens = x.reshape(batch, channels, height * width)
-        qkv = self.qkv(self.norm(tokens))
-        q, k, v = qkv.reshape(batch * self.heads, 3 * channels // self.heads, height * width).chunk(3, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
-        weights = torch.einsum("nct,ncs->nts", q * scale, k * scale).float().softmax(dim=-1).to(q.dtype)
-        out = torch.einsum("nts,ncs->nct", weights, v).reshape(batch, channels, height * width)
+        qkv = self.qkv(self.norm(tokens)).reshape(batch, self.heads, 3 * channels // self.heads, height * width)
+        q, k, v = qkv.chunk(3, dim=2)
+        # The released code scales q and k by d^(-1/4) each before the product; doing the same
+        # (and no scale inside) keeps its rounding. [B, heads, T, d] with d innermost is the
+        # layout the fused attention kernels take.
+        scale = q.shape[2] ** -0.25
+        q, k, v = ((q * scale).mT.contiguous(), (k * scale).mT.contiguous(), v.mT.contiguous())
+        # On the CPU the math kernel reproduces the released einsums bit for bit (the fused
+        # CPU kernel differs in the last bits); elsewhere SDPA picks a fused kernel.
+        kernels = sdpa_kernel(SDPBackend.MATH) if q.device.type == "cpu" else contextlib.nullcontext()
+        with kernels:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        out = out.mT.reshape(batch, channels, height * width)
         return (tokens + self.proj_out(out)).reshape(batch, channels, height, width)
 
 

@@ -25,6 +25,7 @@ from mmdiffusion.layers import (
     VideoConv,
     audio_downsample,
     audio_upsample,
+    norm_act_conv,
     timestep_embedding,
     video_downsample,
     video_upsample,
@@ -97,11 +98,13 @@ class CoupledResBlock(nn.Module):
         emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))).to(h.dtype)
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            return out_layers[1:](out_layers[0](h) * (1 + scale) + shift)
-        return out_layers(h + emb_out)
+            return norm_act_conv(out_layers[0], h, out_layers[3], scale, shift, dropout=out_layers[2])
+        return norm_act_conv(out_layers[0], h + emb_out, out_layers[3], dropout=out_layers[2])
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hv, ha = self._resample(self.video_in_layers(video), self.audio_in_layers(audio))
+        hv = norm_act_conv(self.video_in_layers[0], video, self.video_in_layers[2])
+        ha = norm_act_conv(self.audio_in_layers[0], audio, self.audio_in_layers[2])
+        hv, ha = self._resample(hv, ha)
         video, audio = self._resample(video, audio)
         emb_out = self.emb_layers(emb)
         video = self.video_skip_connection(video) + self._modulate(self.video_out_layers, hv, emb_out)
@@ -330,5 +333,5 @@ class CoupledUNet(nn.Module):
         for block in self.output_blocks:
             skip_v, skip_a = skips.pop()
             v, a = block(torch.cat([v, skip_v], dim=1), torch.cat([a, skip_a], dim=1), emb, resolved)
-        video_eps = rearrange(self.video_out(v), "b c f h w -> b f c h w")
-        return video_eps, self.audio_out(a)
+        video_eps = rearrange(norm_act_conv(self.video_out[0], v, self.video_out[2]), "b c f h w -> b f c h w")
+        return video_eps, norm_act_conv(self.audio_out[0], a, self.audio_out[2])

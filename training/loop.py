@@ -29,7 +29,7 @@ from training.config import TrainConfig
 from training.ema import EMA
 from training.faults import CrashDrill
 from training.loader import ClipLoader, DataPosition
-from training.metrics import IntervalMetrics, all_workers_agree, sum_over_workers
+from training.metrics import IntervalMetrics, StepTally, sum_over_workers
 from training.resolver import resolve_model
 from training.selection import select_manifest
 from training.session import RaySession, Session
@@ -155,12 +155,7 @@ def build_trainee(config: TrainConfig, session: Session, task: Task, checkpoint:
         model,
         prepared,
         ema,
-        torch.optim.AdamW(
-            prepared.parameters(),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            fused=device_settings(session.device, config.precision).fused_adamw or None,
-        ),
+        torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True),
         torch.amp.GradScaler(session.device.type, enabled=config.precision == "fp16"),
     )
     if checkpoint is not None:
@@ -183,33 +178,54 @@ def _run_steps(
     validates and samples (no collective inside: the ranks' reports stay in step)."""
     batches = iter(loader)
     interval = IntervalMetrics(task.loss_names, session.device)
-    step, nonfinite, consecutive, skipped = state.step, state.nonfinite_steps, 0, state.skipped_steps
+    tally = StepTally(session.device, fp16=config.precision == "fp16")
+    step, nonfinite, skipped = state.step, state.nonfinite_steps, state.skipped_steps
     metrics: dict[str, float] = {"step": float(step)}
     drill = CrashDrill.from_environment()
     trainee.prepared.train()
+    # The host learns the steps' outcomes only at sync points: the steps that would be logging or
+    # checkpoint steps if every step since the last sync applied its update, and every step after
+    # a sync found one that did not (until the next logging or checkpoint step). With fp16 every
+    # step is a sync point: the grad scaler skips steps routinely, and a skipped step must neither
+    # count nor move the EMA; with fp32 and bf16 a skip is rare (a non-finite loss or gradient).
+    every_step = config.precision == "fp16"
+    unsynced, exact = 0, every_step
     while step < config.steps:
-        grad_norm = _train_step(config, session, task, trainee, batches, interval)
+        applied = _train_step(config, session, task, trainee, batches, interval, tally)
         if drill is not None:
-            drill.crash_if_due(session.rank, step + 1)
-        if grad_norm is None:
-            nonfinite += 1
-            consecutive += 1
-            log.warning("step %d: non-finite loss or gradient, skipped (%d in a row)", step + 1, consecutive)
-            if consecutive >= config.max_nonfinite:
-                metrics = {"step": float(step), "nonfinite_steps": float(nonfinite)}
-                logger.log(metrics, step=step)
-                logger.stop(f"{consecutive} consecutive steps after step {step} had a NaN or infinite loss or gradient")
-                session.report(metrics, None, step)
-                return LoopOutcome(step, True, metrics)
+            drill.crash_if_due(session.rank, step + unsynced + 1)
+        unsynced += 1
+        guess = step + unsynced
+        if not (exact or _is_sync_step(config, guess)):
+            trainee.ema.update(trainee.model)  # between sync points the update is presumed applied
             continue
-        consecutive = 0
-        if not math.isfinite(grad_norm):  # fp16: the grad scaler found an overflow and lowered its scale
-            skipped += 1
-            log.info("step %d: fp16 gradient overflow, update skipped (%d so far)", step + 1, skipped)
+        outcome = tally.read()
+        exact = every_step or outcome.applied < unsynced or outcome.consecutive > 0
+        step, nonfinite, skipped = step + outcome.applied, nonfinite + outcome.nonfinite, skipped + outcome.skipped
+        unsynced = 0
+        if outcome.nonfinite:
+            log.warning(
+                "steps up to %d: %d with a non-finite loss or gradient, skipped (%d in a row)",
+                step,
+                outcome.nonfinite,
+                outcome.consecutive,
+            )
+        if outcome.skipped:
+            log.info(
+                "steps up to %d: %d fp16 gradient overflows, updates skipped (%d so far)",
+                step,
+                outcome.skipped,
+                skipped,
+            )
+        if outcome.longest >= config.max_nonfinite:
+            metrics = {"step": float(step), "nonfinite_steps": float(nonfinite)}
+            logger.log(metrics, step=step)
+            logger.stop(f"{outcome.longest} consecutive steps after step {step} had a NaN or infinite loss or gradient")
+            session.report(metrics, None, step)
+            return LoopOutcome(step, True, metrics)
+        if not bool(applied):  # known now without a further sync: `read` waited for the step
             continue
-        step += 1
         trainee.ema.update(trainee.model)
-        interval.add_grad_norm(grad_norm)
         last = step == config.steps
         logging_now, checkpointing_now = (
             step % config.log_every == 0 or last,
@@ -259,6 +275,11 @@ def _run_steps(
     return LoopOutcome(step, False, metrics)
 
 
+def _is_sync_step(config: TrainConfig, step: int) -> bool:
+    """A logging or checkpoint step (the last step is both)."""
+    return step % config.log_every == 0 or step % config.checkpoint_every == 0 or step >= config.steps
+
+
 def _train_step(
     config: TrainConfig,
     session: Session,
@@ -266,18 +287,22 @@ def _train_step(
     trainee: Trainee,
     batches: Iterator[dict[str, torch.Tensor]],
     interval: IntervalMetrics,
-) -> float | None:
-    """One optimizer step over `grad_accum` micro-batches; the gradient norm, or None when the
-    step was skipped because a loss or the gradient was not finite on some worker. With fp16 an
-    overflowed gradient is the grad scaler's to handle: the update is skipped, the scale lowered,
-    and the (non-finite) norm returned. The norm is read on the host every step anyway, so
-    telling a skip costs no extra device sync (unlike comparing `scaler.get_scale()` around
-    `update()`); DDP's all-reduced gradients make every worker tell the same."""
+    tally: StepTally,
+) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches, without a host sync: returns whether
+    the update was applied, as a device bool, and records the outcome in `interval` and `tally`.
+
+    A non-finite loss on any worker makes the whole gradient NaN (its backward is scaled by
+    NaN), so DDP's gradient all-reduce carries it to every worker with no collective of its
+    own; a non-finite gradient norm then skips the update on the device: the fused AdamW (or,
+    with fp16, the grad scaler through it) takes `found_inf` and leaves the weights, its
+    moments and its step count as they were. With fp16 the scaler also lowers its scale."""
     model, optimizer, scaler = trainee.prepared, trainee.optimizer, trainee.scaler
     optimizer.zero_grad(set_to_none=True)
     autocast = torch.autocast(
         session.device.type, dtype=AUTOCAST_DTYPES.get(config.precision), enabled=config.precision != "fp32"
     )
+    bad_loss = torch.zeros((), dtype=torch.bool, device=session.device)
     for micro in range(config.grad_accum):
         batch = {name: tensor.to(session.device, non_blocking=True) for name, tensor in next(batches).items()}
         # DDP all-reduces gradients on the last micro-batch only.
@@ -287,23 +312,37 @@ def _train_step(
             with autocast:
                 losses, t = task.losses(model, batch)
             loss = losses["loss"].float().mean()
-            if not all_workers_agree(bool(torch.isfinite(loss)), session.device):
-                optimizer.zero_grad(set_to_none=True)
-                return None
-            scaler.scale(loss / config.grad_accum).backward()
+            finite = torch.isfinite(loss)
+            bad_loss |= ~finite
+            poison = torch.where(finite, 1.0, math.nan)
+            scaler.scale(loss * poison / config.grad_accum).backward()
         interval.add(losses, task.diffusion.quartile(t), config.batch_size)
     scaler.unscale_(optimizer)
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    if not math.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        if not scaler.is_enabled():
-            return None
-        scaler.update()  # `unscale_` saw the overflow: the scale backs off
-        return grad_norm
-    scaler.step(optimizer)
-    scaler.update()
-    return grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    bad_grad = ~torch.isfinite(grad_norm)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # passes its own found_inf to the fused optimizer: no sync
+        scaler.update()
+    else:
+        _step_unless(optimizer, bad_grad)
+    applied = ~(bad_loss | bad_grad)
+    tally.add(bad_loss, bad_grad)
+    interval.add_grad_norm(grad_norm, applied)
+    return applied
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()` unless the device bool `skip` holds, decided on the device where the
+    optimizer takes `found_inf` (the fused Adam family), else with one host sync."""
+    if optimizer.defaults.get("fused"):
+        optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
 
 
 def initialise_from(model: nn.Module, uri: str, diffusion: DiffusionConfig | None = None) -> None:

@@ -50,6 +50,21 @@ def test_shift_changes_the_output_and_wraps_around() -> None:
     assert window_index(8, 2, 6)[7].tolist() == [5, 6]
 
 
+@pytest.mark.parametrize(("frames", "window", "shift"), [(8, 3, 6), (6, 6, 0), (5, 1, 4)])
+def test_vectorised_rsmma_gradients_equal_the_loop_oracle(frames: int, window: int, shift: int) -> None:
+    # The windows are overlapping views of the keys and values: their gradients must add up.
+    block = randomised_block(64, frames, window)
+    video = torch.randn(2, 64, frames, 3, 2, requires_grad=True)
+    audio = torch.randn(2, 64, frames * 3, requires_grad=True)
+    grads = []
+    for run in (block, lambda v, a, r: loop_rsmma(block, v, a, r, False)):
+        out_video, out_audio = run(video, audio, shift)
+        leaves = [video, audio, *block.parameters()]
+        grads.append(torch.autograd.grad(out_video.square().sum() + out_audio.sin().sum(), leaves))
+    for fast, slow in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
 def test_gradients_reach_both_modalities() -> None:
     block = randomised_block(64, 4, 2)
     video = torch.randn(1, 64, 4, 3, 3, requires_grad=True)

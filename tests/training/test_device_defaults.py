@@ -1,5 +1,5 @@
 """The defaults a device gets (mmdiffusion.device), chosen without the device: bf16 autocast,
-cuDNN autotuning, TF32 matmuls and fused AdamW on a CUDA device that supports bf16, float32
+cuDNN autotuning and TF32 matmuls on a CUDA device that supports bf16, float32
 and the library defaults on CPU; the CPUs a worker reserves; `evaluate`'s default device and
 precision."""
 
@@ -24,16 +24,16 @@ from training.run import ray_train_configs
 def test_cpu_keeps_float32_and_the_library_defaults() -> None:
     settings = device_settings("cpu", TrainConfig(data="d", output="o").precision)
     assert settings.precision == "fp32" and settings.autocast_dtype is None
-    assert not (settings.cudnn_benchmark or settings.tf32 or settings.fused_adamw)
+    assert not (settings.cudnn_benchmark or settings.tf32)
     with settings.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert device_settings("cpu", "bf16").precision == "bf16"  # still selectable
 
 
-def test_a_cuda_device_with_bf16_gets_bf16_tf32_autotuning_and_fused_adamw() -> None:
+def test_a_cuda_device_with_bf16_gets_bf16_tf32_and_autotuning() -> None:
     settings = device_settings("cuda:1", "auto", bf16_supported=True)
     assert (settings.precision, settings.autocast_dtype) == ("bf16", torch.bfloat16)
-    assert settings.cudnn_benchmark and settings.tf32 and settings.fused_adamw
+    assert settings.cudnn_benchmark and settings.tf32
     assert device_settings("cuda", "fp32", bf16_supported=True).precision == "fp32"  # selectable
     assert device_settings("cuda", "auto", bf16_supported=False).precision == "fp32"  # e.g. a V100
     assert device_settings("cuda", "fp16", bf16_supported=False).precision == "fp16"
