@@ -276,8 +276,10 @@ def _run_steps(
 
 
 def _is_sync_step(config: TrainConfig, step: int) -> bool:
-    """A logging or checkpoint step (the last step is both)."""
-    return step % config.log_every == 0 or step % config.checkpoint_every == 0 or step >= config.steps
+    """A step the host must know it has reached: a logging, checkpoint, validation or sample
+    step (the last step is all of them). The same on every worker: it depends on the config only."""
+    intervals = (config.log_every, config.checkpoint_every, config.val_every, config.sample_every)
+    return step >= config.steps or any(every and step % every == 0 for every in intervals)
 
 
 def _train_step(
