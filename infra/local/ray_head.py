@@ -108,6 +108,21 @@ class RayHeadConfig:
         return f"{self.host}:{self.ports.gcs}"
 
 
+def worker_node_port_flags() -> list[str]:
+    """`ray start` flags giving a worker node's own listeners free ports, every one explicit
+    (so that none takes a default port another node on this machine holds)."""
+    ports = iter(free_ports(6))
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
+    return [f"--{name}={next(ports)}" for name in names]
+
+
 def check_temp_dir(temp_dir: Path) -> None:
     if not temp_dir.is_absolute() or len(str(temp_dir)) > MAX_TEMP_DIR_CHARS:
         raise ValueError(

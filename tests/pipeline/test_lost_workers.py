@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psutil
 
-from infra.local.process import free_ports, stop_tree
-from infra.local.ray_head import RayHeadConfig, RayHeadPorts, start_ray_head
+from infra.local.process import stop_tree
+from infra.local.ray_head import RayHeadConfig, RayHeadPorts, start_ray_head, worker_node_port_flags
 from pipeline.run import PreprocessConfig, preprocess
 from pipeline.storage import TEMPORARY_PREFIX
 from tests.fixtures.media import MediaSet
@@ -102,7 +102,6 @@ CLI with the node IP kept at 127.0.0.1 (the raylet and its workers then bind loo
 
 def _node_command(config: RayHeadConfig, num_cpus: int) -> list[str]:
     """A second node of the head's cluster on this machine, every port explicit."""
-    ports = iter(free_ports(6))
     return [
         sys.executable,
         "-c",
@@ -114,12 +113,7 @@ def _node_command(config: RayHeadConfig, num_cpus: int) -> list[str]:
         f"--node-ip-address={config.host}",
         f"--num-cpus={num_cpus}",
         '--resources={"second_node": 1}',
-        f"--node-manager-port={next(ports)}",
-        f"--object-manager-port={next(ports)}",
-        f"--dashboard-agent-listen-port={next(ports)}",
-        f"--dashboard-agent-grpc-port={next(ports)}",
-        f"--runtime-env-agent-port={next(ports)}",
-        f"--metrics-export-port={next(ports)}",
+        *worker_node_port_flags(),
     ]
 
 

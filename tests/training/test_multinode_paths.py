@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local.process import free_ports
+from infra.local.ray_head import worker_node_port_flags
 from jobs.train import main as train_main
 from tests.training.synthetic_shards import write_shards
 from training.config import TrainConfig
@@ -42,7 +42,6 @@ def second_node(ray_runtime, tmp_path: Path) -> Iterator[None]:
     """A node without CPUs (nothing of the suite runs there) joined to the session's Ray."""
     import ray
 
-    ports = iter(free_ports(6))
     command = [
         str(Path(sys.executable).with_name("ray")),
         "start",
@@ -52,12 +51,7 @@ def second_node(ray_runtime, tmp_path: Path) -> Iterator[None]:
         f"--node-ip-address={NODE_IP}",
         "--num-cpus=0",
         "--num-gpus=0",
-        f"--node-manager-port={next(ports)}",
-        f"--object-manager-port={next(ports)}",
-        f"--dashboard-agent-listen-port={next(ports)}",
-        f"--dashboard-agent-grpc-port={next(ports)}",
-        f"--runtime-env-agent-port={next(ports)}",
-        f"--metrics-export-port={next(ports)}",
+        *worker_node_port_flags(),
     ]
     with (tmp_path / "second-node.log").open("wb") as log:
         process = subprocess.Popen(
