@@ -139,26 +139,32 @@ def finished_units(output_uri: str, policy: RetryPolicy) -> set[int]:
     return {number for info in infos if (number := part_number(info.base_name)) is not None}
 
 
-def read_part(output_uri: str, number: int, policy: RetryPolicy) -> tuple[pa.Table, UnitRecord]:
+def read_part(
+    output_uri: str, number: int, policy: RetryPolicy, columns: list[str] | None = None
+) -> tuple[pa.Table, UnitRecord]:
+    """The part's rows (all columns, or those named) and the unit's record."""
     uri = join(output_uri, PARTS_FOLDER, part_name(number))
     fs, path = resolve(uri)
 
     def read() -> pa.Table:
         with fs.open_input_file(path) as stream:
-            return pq.read_table(stream)
+            return pq.read_table(stream, columns=columns)
 
     table = retrying(read, f"{uri}: read", policy)
     record = UnitRecord(**json.loads(table.schema.metadata[_UNIT_KEY]))
     return table.replace_schema_metadata(None), record
 
 
-def read_parts(output_uri: str, numbers: Iterable[int], policy: RetryPolicy) -> Iterator[tuple[pa.Table, UnitRecord]]:
-    """The parts of `numbers`, in that order, a bounded window read ahead in parallel."""
+def read_parts(
+    output_uri: str, numbers: Iterable[int], policy: RetryPolicy, columns: list[str] | None = None
+) -> Iterator[tuple[pa.Table, UnitRecord]]:
+    """The parts of `numbers` (all columns, or those named), in that order, a bounded window
+    read ahead in parallel."""
     numbers = list(numbers)
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         for start in range(0, len(numbers), _READ_THREADS):
             window = numbers[start : start + _READ_THREADS]
-            yield from pool.map(lambda number: read_part(output_uri, number, policy), window)
+            yield from pool.map(lambda number: read_part(output_uri, number, policy, columns), window)
 
 
 def parts_digest(numbers: Iterable[int]) -> str:
@@ -242,8 +248,8 @@ def merge_parts(
 def _duplicate_column(output_uri: str, numbers: list[int], policy: RetryPolicy) -> tuple[pa.ChunkedArray, int]:
     """`duplicate_of` of every clip of the parts, in their order, and how many are set. The
     search needs the fingerprints of the whole corpus at once: about 150 bytes per clip."""
-    parts = read_parts(output_uri, numbers, policy)
-    marked, report = find_duplicates(pa.concat_tables(table.select(list(DEDUP_COLUMNS)) for table, _ in parts))
+    parts = read_parts(output_uri, numbers, policy, columns=list(DEDUP_COLUMNS))
+    marked, report = find_duplicates(pa.concat_tables(table for table, _ in parts))
     log.info("near-duplicates: %d clips in %d groups, of %d", report.duplicates, report.groups, report.clips)
     return marked[DUPLICATE_OF.name], report.duplicates
 
