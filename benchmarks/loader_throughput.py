@@ -96,7 +96,7 @@ def main() -> None:
     import ray
 
     shards = write_shards(args.workdir, args.clips)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     results: dict[str, list[float]] = {"webdataset ClipLoader": [], "Ray Data read_webdataset": []}
     for _ in range(args.repeats):
         results["webdataset ClipLoader"].append(clip_loader(shards, args.clips, args.batch_size))

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(value, 1) for value in os.getloadavg()]
     corpus = args.workdir / f"corpus-{args.videos}x{args.seconds:g}s"
     paths = build_corpus(corpus, args.videos, args.seconds)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     time_preprocess(corpus, args.workdir / "warmup", 2)  # worker processes and imports warm
     attempts, sequential, parallel = [], [], []
     for _ in range(args.repeats):  # pipeline and floor back to back, so that both see the same load

@@ -67,7 +67,7 @@ def main() -> None:
 
     data = args.workdir / "data"
     write_shards(data, clips=128)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     for model in args.configs.split(","):
         for workers in args.workers.split(","):
             try:
