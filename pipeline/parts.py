@@ -23,19 +23,26 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mmdiffusion.constants import FRAMES, SR_IMAGE_SIZE
 from pipeline.dedup import DUPLICATE_OF, find_duplicates
 from pipeline.dedup import REQUIRED_COLUMNS as DEDUP_COLUMNS
 from pipeline.faults import RetryPolicy, retrying
-from pipeline.shard_format import MANIFEST_FILE
+from pipeline.shard_format import MANIFEST_FILE, sr_frame_member_name, sr_strip_member_name
 from pipeline.signals import SIGNAL_SCHEMA
 from pipeline.storage import AtomicWriter, join, resolve, write_atomically
 
 PARTS_FOLDER = "_parts"
 ERRORS_FILE = "errors.parquet"
-FORMAT_VERSION = 2
+FORMAT_CHANGES = {
+    2: "parquet parts and clip options pinned in the plan (format 1: JSON part records)",
+    3: f"one JPEG member per SR frame, {sr_frame_member_name(SR_IMAGE_SIZE, 0)} to "
+    f"{sr_frame_member_name(SR_IMAGE_SIZE, FRAMES - 1)} (format 2: all frames in one strip, "
+    f"{sr_strip_member_name(SR_IMAGE_SIZE)})",
+}
+"""What each format version changed; a refused rerun names the changes since its output's."""
+FORMAT_VERSION = max(FORMAT_CHANGES)
 """Version of what a run writes (shards, parts, plan); a rerun into an output of another
-version is refused. 1: JSON part records without pinned options; 2: parquet parts, pinned
-clip options in the plan."""
+version is refused."""
 
 MANIFEST_SCHEMA = pa.schema(
     [

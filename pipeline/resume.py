@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import pyarrow.fs as pafs
 
 from pipeline.faults import RetryPolicy, retrying
-from pipeline.parts import FORMAT_VERSION, PARTS_FOLDER, read_parts
+from pipeline.parts import FORMAT_CHANGES, FORMAT_VERSION, PARTS_FOLDER, read_parts
 from pipeline.shards import SHARD_FOLDER, shard_number
 from pipeline.storage import TEMPORARY_PREFIX, join, read_bytes, resolve, write_atomically
 from pipeline.task import ShardTask
@@ -47,9 +47,10 @@ def read_plan(output_uri: str, policy: RetryPolicy) -> Plan | None:
     data = json.loads(retrying(lambda: read_bytes(uri), f"{uri}: read", policy))
     version = data.get("format_version", 1)
     if version != FORMAT_VERSION:
+        changes = "; ".join(f"{number}: {change}" for number, change in FORMAT_CHANGES.items() if number > version)
         raise ValueError(
             f"{output_uri} was written in preprocessing format {version}; this version writes format "
-            f"{FORMAT_VERSION} and cannot add to it: write to a new output"
+            f"{FORMAT_VERSION} ({changes or 'older than the output'}) and cannot add to it: write to a new output"
         )
     return Plan(options=data["options"], units=[ShardTask(**unit) for unit in data["units"]], format_version=version)
 

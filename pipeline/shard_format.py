@@ -2,8 +2,9 @@
 
 A dataset is `DATA/shards/shard-NNNNNN.tar` (WebDataset tars) beside `DATA/manifest.parquet`.
 Each clip is one sample: `<key>.video.npy` (uint8 frames), `<key>.audio.npy` (int16 audio),
-`<key>.json` (metadata) and, for SR training, `<key>.video<S>.jpg` (the S×S frames as one JPEG
-strip). docs/data-format.md describes it for readers without this code.
+`<key>.json` (metadata) and, for SR training, `<key>.video<S>.<i>.jpg` (SR frame i at S×S, one
+JPEG per frame, so a reader decodes only the frames it keeps). docs/data-format.md describes it
+for readers without this code.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ def shard_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def sr_member_name(size: int) -> str:
+def sr_frame_member_name(size: int, index: int) -> str:
+    """The member holding SR frame `index` (from 0) at `size`×`size`: `video256.03.jpg`."""
+    return f"video{size}.{index:02d}.jpg"
+
+
+def sr_strip_member_name(size: int) -> str:
+    """The SR member of format 2 and earlier: all frames stacked top to bottom in one JPEG.
+    Still read (`decode_sample`), no longer written."""
     return f"video{size}.jpg"
 
 
@@ -127,18 +135,16 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def frames_to_jpeg_strip(frames: np.ndarray, quality: int = SR_JPEG_QUALITY) -> bytes:
-    """Frames (F, S, S, 3) as one JPEG of F frames stacked top to bottom, (F*S, S, 3)."""
-    strip = frames.reshape(-1, *frames.shape[2:])
+def jpeg_bytes(image: np.ndarray, quality: int = SR_JPEG_QUALITY) -> bytes:
+    """A uint8 RGB image (H, W, 3) as a baseline JPEG with 4:4:4 chroma."""
     buffer = io.BytesIO()
-    Image.fromarray(strip).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=0)
     return buffer.getvalue()
 
 
-def jpeg_strip_to_frames(data: bytes, size: int) -> np.ndarray:
-    """The inverse of `frames_to_jpeg_strip`: uint8 (F, size, size, 3)."""
-    strip = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return strip.reshape(-1, size, size, RGB)
+def jpeg_image(data: bytes) -> np.ndarray:
+    """The inverse of `jpeg_bytes`: uint8 (H, W, 3); OSError (PIL's) for bytes that are no JPEG."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def encode_members(
@@ -151,9 +157,12 @@ def encode_members(
         AUDIO_MEMBER: npy_bytes(audio),
         METADATA_MEMBER: json.dumps(metadata, sort_keys=True).encode("utf-8"),
     }
-    if video_sr is not None:
-        members[sr_member_name(video_sr.shape[1])] = frames_to_jpeg_strip(video_sr)
-    return members
+    return members if video_sr is None else {**members, **sr_members(video_sr)}
+
+
+def sr_members(video_sr: np.ndarray) -> dict[str, bytes]:
+    """The SR frames uint8 [F, S, S, 3] as members, one JPEG per frame, in frame order."""
+    return {sr_frame_member_name(video_sr.shape[1], index): jpeg_bytes(frame) for index, frame in enumerate(video_sr)}
 
 
 # ---------------------------------------------------------------------- decoding
@@ -165,7 +174,7 @@ class SampleSpec:
     image_size: int
     audio_length: int
     sr_size: int | None = None
-    """Read the `video{sr_size}.jpg` frames (SR training) instead of video.npy and audio.npy."""
+    """Read the SR frames at this size (SR training) instead of video.npy and audio.npy."""
     frames_kept: int | None = None
     """SR training: the loader keeps this many of the `frames`, picked before decoding (None: all)."""
 
@@ -176,17 +185,11 @@ def decode_sample(
     """The sample's uint8 frames `video` [F, H, W, 3] and int16 `audio` [1, L] (or the SR
     frames `video_sr`), checked against `spec`; raises ValueError naming the member.
 
-    `frames` keeps only those SR frames, in that order: [len(frames), S, S, 3]. The strip is
-    one baseline JPEG, decoded whole (its rows cannot be reached without decoding those above),
-    but only the kept frames are copied out of it and go on to training."""
+    `frames` keeps only those SR frames, in that order: [len(frames), S, S, 3]. Only their
+    members are decoded (`_sr_frames`), the others only have to be present."""
     key = sample.get("__key__", "?")
     if spec.sr_size is not None:
-        member = sr_member_name(spec.sr_size)
-        if member not in sample:
-            raise ValueError(f"sample {key}: no {member} member (preprocess with --sr-size {spec.sr_size})")
-        strip = jpeg_strip_to_frames(sample[member], spec.sr_size)
-        _check(key, member, strip, (spec.frames, spec.sr_size, spec.sr_size, RGB), np.uint8)
-        return {"video_sr": strip if frames is None else strip[list(frames)]}
+        return {"video_sr": _sr_frames(key, sample, spec.sr_size, spec.frames, frames)}
     arrays = {}
     for name, member, shape, dtype in (
         ("video", VIDEO_MEMBER, (spec.frames, spec.image_size, spec.image_size, RGB), np.uint8),
@@ -197,6 +200,31 @@ def decode_sample(
         arrays[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
         _check(key, member, arrays[name], shape, dtype)
     return arrays
+
+
+def _sr_frames(key: str, sample: dict[str, bytes], size: int, count: int, frames: Sequence[int] | None) -> np.ndarray:
+    """The kept SR frames [K, size, size, 3] of the `count`: each from its own member, or, in a
+    sample of format 2 and earlier, copied out of the strip decoded whole (a baseline JPEG's
+    rows cannot be reached without decoding the rows above them)."""
+    kept = list(range(count)) if frames is None else list(frames)
+    strip = sr_strip_member_name(size)
+    names = [sr_frame_member_name(size, index) for index in range(count)]
+    if strip in sample and names[0] not in sample:
+        decoded = _decode_jpeg(key, strip, sample[strip], (count * size, size, RGB))
+        return decoded.reshape(count, size, size, RGB)[kept]
+    missing = [name for name in names if name not in sample]
+    if missing:
+        raise ValueError(f"sample {key}: no {missing[0]} member (preprocess with --sr-size {size})")
+    return np.stack([_decode_jpeg(key, names[index], sample[names[index]], (size, size, RGB)) for index in kept])
+
+
+def _decode_jpeg(key: str, member: str, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        image = jpeg_image(data)
+    except OSError as error:
+        raise ValueError(f"sample {key}: {member} is not a readable JPEG ({error})") from error
+    _check(key, member, image, shape, np.uint8)
+    return image
 
 
 def _check(key: str, member: str, array: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:

@@ -19,7 +19,7 @@ from pipeline.listing import list_inputs
 from pipeline.parts import finished_units, read_part
 from pipeline.resume import Plan, new_units, read_plan, remove_unfinished, unfinished_units, write_plan
 from pipeline.samples import encode_sample
-from pipeline.shard_format import jpeg_strip_to_frames, sr_member_name
+from pipeline.shard_format import SampleSpec, decode_sample, jpeg_image, sr_frame_member_name
 from pipeline.shards import ShardWriter
 from pipeline.task import ShardTask, run_shard_task, write_source
 from tests.fixtures.media import MediaSet
@@ -84,16 +84,22 @@ def _first_sample(media_set: MediaSet, sr_size: int | None = None) -> dict[str, 
     return encode_sample(next(clips), info)
 
 
-def test_sr_frames_are_a_compact_jpeg_close_to_the_original(media_set: MediaSet) -> None:
+def test_sr_frames_are_one_compact_jpeg_each_close_to_their_frame(media_set: MediaSet) -> None:
     info, clips = open_source(str(media_set.good["pal_25fps_48k_51"]), ClipOptions(max_clips=1, sr_size=SR_IMAGE_SIZE))
     clip = next(clips)
     members = encode_sample(clip, info)
-    data = members[sr_member_name(SR_IMAGE_SIZE)]
-    decoded = jpeg_strip_to_frames(data, SR_IMAGE_SIZE)
-    assert decoded.shape == clip.video_sr.shape == (FRAMES, SR_IMAGE_SIZE, SR_IMAGE_SIZE, 3)
-    mse = np.mean((decoded.astype(np.float64) - clip.video_sr) ** 2)
-    assert 10 * np.log10(255**2 / mse) > 35
-    assert len(data) < clip.video_sr.nbytes / 10
+    names = [sr_frame_member_name(SR_IMAGE_SIZE, index) for index in range(FRAMES)]
+    assert list(members) == ["video.npy", "audio.npy", "json", *names]
+    originals = clip.video_sr.astype(np.float64)
+    for index, name in enumerate(names):
+        frame = jpeg_image(members[name])
+        assert frame.shape == (SR_IMAGE_SIZE, SR_IMAGE_SIZE, 3)
+        errors = [np.mean((frame - original) ** 2) for original in originals]
+        assert 10 * np.log10(255**2 / errors[index]) > 35
+        assert int(np.argmin(errors)) == index  # frame i is frame i (the source moves from frame to frame)
+    spec = SampleSpec(FRAMES, IMAGE_SIZE, AUDIO_SAMPLES, sr_size=SR_IMAGE_SIZE)
+    assert np.array_equal(decode_sample(members, spec, [3])["video_sr"][0], jpeg_image(members[names[3]]))
+    assert sum(len(members[name]) for name in names) < clip.video_sr.nbytes / 10
 
 
 def test_shard_appears_only_when_complete(tmp_path: Path, media_set: MediaSet) -> None:
@@ -160,9 +166,12 @@ def test_resume_redoes_unfinished_units_under_their_planned_names(tmp_path: Path
     assert new_units(plan, [*sources, added], videos_per_shard=2) == [ShardTask(len(plan.units), [added])]
 
 
-def test_an_output_of_the_old_format_is_refused_clearly(tmp_path: Path) -> None:
+def test_an_output_of_an_old_format_is_refused_naming_what_changed(tmp_path: Path) -> None:
     (tmp_path / "_plan.json").write_text(json.dumps({"units": [{"number": 0, "sources": ["/a.mp4"]}]}))
-    with pytest.raises(ValueError, match="format 1; this version writes format 2"):
+    with pytest.raises(ValueError, match=r"format 1; this version writes format 3 \(2: parquet parts .*; 3: one JPEG"):
+        read_plan(str(tmp_path), POLICY)
+    (tmp_path / "_plan.json").write_text(json.dumps({"format_version": 2, "options": {}, "units": []}))
+    with pytest.raises(ValueError, match=r"format 2; this version writes format 3 \(3: one JPEG member per SR frame"):
         read_plan(str(tmp_path), POLICY)
 
 

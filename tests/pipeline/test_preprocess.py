@@ -20,7 +20,7 @@ from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SI
 from pipeline.decode import load_clip
 from pipeline.listing import list_inputs
 from pipeline.run import PreprocessConfig, preprocess
-from pipeline.shard_format import jpeg_strip_to_frames, sr_member_name
+from pipeline.shard_format import SampleSpec, decode_sample, sr_frame_member_name
 from tests.fixtures.media import MediaSet
 from tests.fixtures.s3_server import S3Server
 
@@ -123,8 +123,18 @@ def test_cli_reads_a_list_file_and_stores_sr_frames(ray_runtime, media_set: Medi
     assert code == 0
     samples = read_shards(tmp_path / "out")
     assert [sample["json"]["start_seconds"] for sample in samples] == pytest.approx([0.0, 0.8, 1.6])
-    frames = jpeg_strip_to_frames(samples[0][sr_member_name(SR_IMAGE_SIZE)], SR_IMAGE_SIZE)
+    frame_members = {sr_frame_member_name(SR_IMAGE_SIZE, index) for index in range(FRAMES)}
+    assert {name for name in samples[0] if not name.startswith("__")} == {
+        "video.npy",
+        "audio.npy",
+        "json",
+    } | frame_members
+    shard = str(tmp_path / "out" / "shards" / "shard-000000.tar")
+    as_images = next(iter(wds.WebDataset(shard, shardshuffle=False).decode("rgb8")))  # by the .jpg extension
+    spec = SampleSpec(FRAMES, IMAGE_SIZE, AUDIO_SAMPLES, sr_size=SR_IMAGE_SIZE)
+    frames = decode_sample(next(iter(wds.WebDataset(shard, shardshuffle=False))), spec)["video_sr"]
     assert frames.shape == (FRAMES, SR_IMAGE_SIZE, SR_IMAGE_SIZE, 3)
+    assert all(np.array_equal(as_images[sr_frame_member_name(SR_IMAGE_SIZE, i)], frames[i]) for i in range(FRAMES))
 
 
 def test_cli_reports_a_bad_flag_value_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

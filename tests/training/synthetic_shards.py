@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pipeline.shard_format import frames_to_jpeg_strip, sample_key, sr_member_name
+from pipeline.shard_format import jpeg_bytes, sample_key, sr_members, sr_strip_member_name
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -56,9 +56,11 @@ def write_shards(
     sr_size: int | None = None,
     corrupt_keys: tuple[int, ...] = (),
     clips_per_source: int = 1,
+    sr_strip: bool = False,
 ) -> list[Path]:
     """`folder/shards/shard-NNNNNN.tar` with `clips` samples; the clips in `corrupt_keys`
-    get a video member that is not an npy file."""
+    get a video member that is not an npy file. `sr_strip` writes the SR frames as format 2
+    did: one JPEG of the frames stacked top to bottom."""
     shard_dir = folder / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -73,8 +75,10 @@ def write_shards(
                     "audio.npy": _npy(arrays["audio"]),
                     "json": b'{"clip_index": %d}' % index,
                 }
-                if sr_size is not None:
-                    sample[sr_member_name(sr_size)] = frames_to_jpeg_strip(arrays["video_sr"])
+                if sr_size is not None and sr_strip:
+                    sample[sr_strip_member_name(sr_size)] = jpeg_bytes(np.concatenate(arrays["video_sr"]))
+                elif sr_size is not None:
+                    sample.update(sr_members(arrays["video_sr"]))
                 writer.write(sample)
         paths.append(path)
     return paths

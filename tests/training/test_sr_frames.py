@@ -1,4 +1,5 @@
-"""SR training batches: the frames are picked before decoding and stay uint8 until the device."""
+"""SR training batches: the frames are picked before decoding (only their JPEG members are
+decoded) and stay uint8 until the device; samples of the format-2 strip still decode."""
 
 from __future__ import annotations
 
@@ -8,26 +9,47 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.shard_format import SampleSpec, jpeg_strip_to_frames, list_shards, read_samples, sr_member_name
-from tests.training.synthetic_shards import write_shards
+from pipeline.shard_format import (
+    SampleSpec,
+    decode_sample,
+    jpeg_bytes,
+    list_shards,
+    read_samples,
+    sr_frame_member_name,
+    sr_strip_member_name,
+)
+from tests.training.synthetic_shards import clip_arrays, write_shards
 from training.loader import ClipLoader, DataPosition, frames_to_float
 
 FRAMES, SIZE, SR_SIZE, KEPT, BATCH = 16, 8, 32, 2, 3
 SPEC = SampleSpec(frames=FRAMES, image_size=SIZE, audio_length=0, sr_size=SR_SIZE, frames_kept=KEPT)
 
 
-def sr_shards(tmp_path: Path) -> list[str]:
-    write_shards(tmp_path, clips=6, clips_per_shard=6, frames=FRAMES, image_size=SIZE, audio_length=64, sr_size=SR_SIZE)
-    return list_shards(str(tmp_path))
+def sr_shards(folder: Path, sr_strip: bool = False) -> list[str]:
+    write_shards(
+        folder,
+        clips=6,
+        clips_per_shard=6,
+        frames=FRAMES,
+        image_size=SIZE,
+        audio_length=64,
+        sr_size=SR_SIZE,
+        sr_strip=sr_strip,
+    )
+    return list_shards(str(folder))
+
+
+def first_sample(shards: list[str]) -> dict[str, bytes]:
+    return next(read_samples(shards[0], on_error=pytest.fail))
 
 
 def all_frames_as_before(shard: str) -> list[torch.Tensor]:
-    """Each clip's 16 SR frames as the loader gave them before: the whole strip decoded and
-    scaled to float32 [F, 3, S, S] on the host."""
+    """Each clip's 16 SR frames as the loader gave them before: all decoded and scaled to
+    float32 [F, 3, S, S] on the host."""
     clips = []
     for sample in read_samples(shard, on_error=pytest.fail):
-        strip = torch.from_numpy(np.array(jpeg_strip_to_frames(sample[sr_member_name(SR_SIZE)], SR_SIZE)))
-        clips.append(strip.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format))
+        frames = torch.from_numpy(decode_sample(sample, SPEC)["video_sr"])
+        clips.append(frames.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format))
     return [clip.mul_(1 / 127.5).sub_(1.0) for clip in clips]
 
 
@@ -58,3 +80,50 @@ def test_a_resumed_sr_loader_picks_the_same_frames(tmp_path: Path) -> None:
     rest = [next(batches)["video_sr"] for _ in range(3)]
     resumed = iter(ClipLoader(shards, SPEC, batch_size=1, seed=5, position=position))
     assert all(np.array_equal(frames, next(resumed)["video_sr"]) for frames in rest)
+
+
+def test_only_the_picked_frames_members_are_decoded(tmp_path: Path) -> None:
+    sample = first_sample(sr_shards(tmp_path))
+    everything = decode_sample(sample, SPEC)["video_sr"]
+    assert everything.shape == (FRAMES, SR_SIZE, SR_SIZE, 3)
+    kept, truncated = 5, 9
+    broken = {name: b"not a jpeg" for name in sample if name.startswith(f"video{SR_SIZE}.")}
+    broken[sr_frame_member_name(SR_SIZE, kept)] = sample[sr_frame_member_name(SR_SIZE, kept)]
+    whole = sample[sr_frame_member_name(SR_SIZE, truncated)]
+    broken[sr_frame_member_name(SR_SIZE, truncated)] = whole[: len(whole) // 2]
+    assert len(broken) == FRAMES
+    corrupt = {**sample, **broken}
+    assert np.array_equal(decode_sample(corrupt, SPEC, [kept])["video_sr"], everything[[kept]])
+    for index in (0, truncated):
+        member = sr_frame_member_name(SR_SIZE, index)
+        with pytest.raises(ValueError, match=rf"{sample['__key__']}: {member} is not a readable JPEG"):
+            decode_sample(corrupt, SPEC, [kept, index])
+    last = sr_frame_member_name(SR_SIZE, FRAMES - 1)
+    missing = {name: data for name, data in sample.items() if name != last}
+    with pytest.raises(ValueError, match=rf"no {last} member \(preprocess with --sr-size {SR_SIZE}\)"):
+        decode_sample(missing, SPEC, [kept])
+
+
+def test_each_frame_member_holds_its_own_frame(tmp_path: Path) -> None:
+    sample = first_sample(sr_shards(tmp_path))
+    originals = clip_arrays(0, FRAMES, SIZE, 64, SR_SIZE)["video_sr"].astype(np.float64)
+    for index in range(FRAMES):
+        alone = decode_sample(sample, SPEC, [index])["video_sr"][0]
+        errors = [np.mean((alone - frame) ** 2) for frame in originals]
+        # its own frame within JPEG tolerance (MSE 20: 35 dB), every other frame far off (about 1,200)
+        assert errors[index] < 20 and min(errors[:index] + errors[index + 1 :]) > 500
+
+
+def test_samples_of_the_format_2_strip_still_decode(tmp_path: Path) -> None:
+    strip_shards = sr_shards(tmp_path / "strip", sr_strip=True)
+    legacy = first_sample(strip_shards)
+    assert sr_strip_member_name(SR_SIZE) in legacy and sr_frame_member_name(SR_SIZE, 0) not in legacy
+    per_frame = decode_sample(first_sample(sr_shards(tmp_path / "frames")), SPEC)["video_sr"]
+    # 8×8 blocks of a 4:4:4 JPEG never straddle two frames, so the strip decodes to the same pixels
+    assert np.array_equal(decode_sample(legacy, SPEC)["video_sr"], per_frame)
+    assert np.array_equal(decode_sample(legacy, SPEC, [7, 2])["video_sr"], per_frame[[7, 2]])
+    short = {**legacy, sr_strip_member_name(SR_SIZE): jpeg_bytes(np.zeros((SR_SIZE, SR_SIZE, 3), np.uint8))}
+    with pytest.raises(ValueError, match=rf"video{SR_SIZE}\.jpg is uint8\[{SR_SIZE}, {SR_SIZE}, 3\], expected"):
+        decode_sample(short, SPEC, [0])
+    batch = next(iter(ClipLoader(strip_shards, SPEC, batch_size=BATCH, flip=False)))
+    assert batch["video_sr"].shape == (BATCH, KEPT, 3, SR_SIZE, SR_SIZE)
