@@ -143,7 +143,7 @@ def jpeg_bytes(image: np.ndarray, quality: int = SR_JPEG_QUALITY) -> bytes:
 
 
 def jpeg_image(data: bytes) -> np.ndarray:
-    """The inverse of `jpeg_bytes`: uint8 (H, W, 3); OSError (PIL's) for bytes that are no JPEG."""
+    """The inverse of `jpeg_bytes`: uint8 (H, W, 3); OSError (PIL's) for bytes that are no readable image."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
