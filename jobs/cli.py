@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": (
         "jobs.preprocess",
-        "decode a video corpus into WebDataset shards of 16-frame clips with audio (Ray Data)",
+        "decode a video corpus into WebDataset shards of 16-frame clips with audio (Ray tasks)",
     ),
     "curate": (
         "jobs.curate",

@@ -153,7 +153,7 @@ def run_demo(config: DemoConfig) -> dict[str, str]:
 
     stages = Stages(runner, total=5)
     stages.run(
-        "preprocess the corpus into WebDataset shards (Ray Data)",
+        "preprocess the corpus into WebDataset shards (Ray tasks)",
         "preprocess",
         ["--input", corpus, "--output", data, "--workers", str(config.workers)],
     )

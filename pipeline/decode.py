@@ -26,7 +26,7 @@ import numpy as np
 from mmdiffusion.constants import AUDIO_SAMPLES, FPS, FRAMES, IMAGE_SIZE, SAMPLE_RATE, SAMPLES_PER_FRAME
 from pipeline.errors import MediaError, Reason
 from pipeline.faults import InfrastructureError, RetryPolicy, SourceReader, is_infrastructure
-from pipeline.frames import ResizeMode, square_rgb
+from pipeline.frames import ResizeMode, SquareScaler
 from pipeline.storage import is_remote, resolve
 
 DEFAULT_RETRY = RetryPolicy()
@@ -310,9 +310,11 @@ def source_info(container: av.container.InputContainer, uri: str) -> SourceInfo:
 
 
 def _grid_converter(options: ClipOptions) -> Callable[[av.VideoFrame], _GridFrame]:
+    base = SquareScaler(IMAGE_SIZE, options.resize)
+    sr = SquareScaler(options.sr_size, options.resize) if options.sr_size else None
+
     def convert(frame: av.VideoFrame) -> _GridFrame:
-        sr = square_rgb(frame, options.sr_size, options.resize) if options.sr_size else None
-        return _GridFrame(base=square_rgb(frame, IMAGE_SIZE, options.resize), sr=sr)
+        return _GridFrame(base=base(frame), sr=sr(frame) if sr else None)
 
     return convert
 

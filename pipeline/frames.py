@@ -6,6 +6,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 ResizeMode = Literal["pad", "crop"]
 RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
@@ -30,8 +31,24 @@ def fit_square(image: np.ndarray, side: int) -> np.ndarray:
     return canvas
 
 
+class SquareScaler:
+    """Frames of one stream as uint8 RGB (side, side, 3): area-averaged down-scaling, then pad
+    or crop.
+
+    It keeps one swscale context for the stream: `VideoFrame.reformat` builds a new one per
+    frame, which cost three times the scaling itself (0.39 against 0.10 ms a 640x360 frame).
+    """
+
+    def __init__(self, side: int, mode: ResizeMode) -> None:
+        self.side, self.mode = side, mode
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = scaled_size(frame.width, frame.height, self.side, self.mode)
+        scaled = self._reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation="AREA")
+        return fit_square(scaled.to_ndarray(), self.side)
+
+
 def square_rgb(frame: av.VideoFrame, side: int, mode: ResizeMode) -> np.ndarray:
-    """`frame` as uint8 RGB (side, side, 3): area-averaged down-scaling, then pad or crop."""
-    width, height = scaled_size(frame.width, frame.height, side, mode)
-    scaled = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-    return fit_square(scaled.to_ndarray(), side)
+    """One frame through a `SquareScaler` of its own."""
+    return SquareScaler(side, mode)(frame)

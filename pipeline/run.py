@@ -1,7 +1,7 @@
-"""`preprocess(config)`: the streaming Ray Data job.
+"""`preprocess(config)`: the distributed preprocessing job.
 
-plan (driver: the options pinned, units of `videos_per_shard` sources) -> decoding tasks, one
-CPU each, scaled by Ray Data up to `workers` (or the free CPUs), each decoding its unit
+plan (driver: the options pinned, units of `videos_per_shard` sources) -> decoding Ray tasks,
+one CPU each, up to `workers` (or the cluster's CPUs) at once, each decoding its unit
 straight into one shard and writing its part -> manifest and errors streamed from the parts,
 stats. Only a small record per unit travels through Ray and the driver keeps no clip rows, so
 the driver's memory grows with the units and a worker's stays bounded by one unit.
@@ -9,11 +9,9 @@ the driver's memory grows with the units and a worker's stays bounded by one uni
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict
 
 from pipeline.config import PreprocessConfig, PreprocessStats, UnfinishedUnit
 from pipeline.credentials import forwarded_settings
@@ -40,6 +38,9 @@ __all__ = ["PreprocessConfig", "PreprocessStats", "preprocess"]
 
 log = logging.getLogger(__name__)
 
+LOST_WORKER_RETRIES = 3
+"""Times Ray reruns a unit whose worker process or node was lost (Ray's own default)."""
+
 
 def storage_environment() -> dict[str, str]:
     """The driver's AWS_* settings but credentials (endpoint, region), handed to workers that
@@ -49,17 +50,14 @@ def storage_environment() -> dict[str, str]:
 
 
 def run_unit(
-    row: dict, output_uri: str, options: ClipOptions, policy: RetryPolicy, environment: dict[str, str]
-) -> dict:
-    """A Ray Data task: run the unit in `row` and return its record (no clip rows) as JSON.
+    task: ShardTask, output_uri: str, options: ClipOptions, policy: RetryPolicy, environment: dict[str, str]
+) -> UnitRecord:
+    """A Ray task: run one unit and return its record (no clip rows).
 
-    Tasks, not actors: Ray reuses warm worker processes between tasks, while a fresh actor
-    pool pays process start and imports on every run (seconds each on a busy machine). A task
-    retried by Ray (its worker or node lost) rewrites the same shard name, so retries cannot
-    duplicate clips."""
+    A task Ray retries (its worker process or node lost) rewrites the same shard name, so
+    retries cannot duplicate clips."""
     os.environ.update(environment)
-    record = run_shard_task(ShardTask(**json.loads(row["task"])), output_uri, options, policy)
-    return {"record": json.dumps(asdict(record))}
+    return run_shard_task(task, output_uri, options, policy)
 
 
 def ensure_ray() -> None:
@@ -94,40 +92,58 @@ class Progress:
         return f"units {self.done}/{self.total}, clips {self.clips}, errors {self.errors}, {rate:.1f} clips/s{left}"
 
 
+def worker_count(config: PreprocessConfig) -> int:
+    """`config.workers`, or every CPU of the Ray cluster."""
+    import ray
+
+    return config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[UnitRecord]:
-    """Every task's record; a task Ray gave up on (or never ran, when the stream broke) comes
-    back unfinished, so the job finishes what it can and says what is left."""
+    """Every task's record, from at most `worker_count` Ray tasks at once, each started the
+    moment one ends. A task Ray gave up on (its worker lost more than `LOST_WORKER_RETRIES`
+    times), or one that never ran because Ray itself stopped, comes back unfinished: the job
+    finishes what it can and says what is left.
+
+    Plain Ray tasks rather than a Ray Data map: Ray Data's executor notices a finished task
+    only on its next polling round and starts the next one a round later (about 0.2 s a task
+    measured with sleeping tasks, 10-14 % of the workers' time on real units), and starts its
+    second task up to a second late (docs/benchmarks.md)."""
     import ray
 
     ensure_ray()
-    dataset = ray.data.from_items(
-        [{"task": json.dumps(asdict(task))} for task in tasks], override_num_blocks=len(tasks)
-    )
-    records = dataset.map(
-        run_unit,
-        fn_kwargs={
-            "output_uri": config.output,
-            "options": config.clip_options(),
-            "policy": config.retry,
-            "environment": storage_environment(),
-        },
-        compute=ray.data.TaskPoolStrategy(size=config.workers),  # None: as many as free CPUs
-        num_cpus=1,
-    )
+    remote_unit = ray.remote(num_cpus=1, max_retries=LOST_WORKER_RETRIES)(run_unit)
+    shared = [ray.put(value) for value in (config.output, config.clip_options(), config.retry, storage_environment())]
+    waiting = list(reversed(tasks))
+    running: dict[ray.ObjectRef, ShardTask] = {}
     progress = Progress(len(tasks), config.progress_seconds)
     finished: dict[int, UnitRecord] = {}
+    slots = worker_count(config)
     try:
-        for row in records.iter_rows():
-            record = UnitRecord(**json.loads(row["record"]))
-            finished[record.number] = record
+        while waiting or running:
+            while waiting and len(running) < slots:
+                task = waiting.pop()
+                running[remote_unit.remote(task, *shared)] = task
+            done, _ = ray.wait(list(running), num_returns=1)
+            task = running.pop(done[0])
+            try:
+                record = ray.get(done[0])
+            except ray.exceptions.RayError as error:  # the worker or node lost once too often
+                record = UnitRecord(task.number, len(task.sources), unfinished=ray_failure(error))
+            finished[task.number] = record
             progress.add(record)
     except Exception as error:  # Ray itself failed (e.g. the cluster went away)
         log.error("the decoding tasks stopped: %s: %s", type(error).__name__, error)
-        lost = f"Ray stopped the task: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         for task in tasks:
             if task.number not in finished:
-                finished[task.number] = UnitRecord(task.number, len(task.sources), unfinished=lost)
+                finished[task.number] = UnitRecord(task.number, len(task.sources), unfinished=ray_failure(error))
     return [finished[task.number] for task in tasks]
+
+
+def ray_failure(error: BaseException) -> str:
+    """An unfinished unit's reason: the Ray error's type and the first line of its message."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"Ray stopped the task: {type(error).__name__}: {first_line}"
 
 
 def plan_run(config: PreprocessConfig) -> tuple[Plan, list[str], set[int], bool]:
