@@ -46,6 +46,8 @@ def read_plan(output_uri: str, policy: RetryPolicy) -> Plan | None:
         return None
     data = json.loads(retrying(lambda: read_bytes(uri), f"{uri}: read", policy))
     version = data.get("format_version", 1)
+    if version == 2 and data["options"].get("sr_size") is None:
+        version = 3  # format 3 changed only the SR members: without them a format-2 output is one of 3
     if version != FORMAT_VERSION:
         changes = "; ".join(f"{number}: {change}" for number, change in FORMAT_CHANGES.items() if number > version)
         raise ValueError(

@@ -170,9 +170,19 @@ def test_an_output_of_an_old_format_is_refused_naming_what_changed(tmp_path: Pat
     (tmp_path / "_plan.json").write_text(json.dumps({"units": [{"number": 0, "sources": ["/a.mp4"]}]}))
     with pytest.raises(ValueError, match=r"format 1; this version writes format 3 \(2: parquet parts .*; 3: one JPEG"):
         read_plan(str(tmp_path), POLICY)
-    (tmp_path / "_plan.json").write_text(json.dumps({"format_version": 2, "options": {}, "units": []}))
+    (tmp_path / "_plan.json").write_text(json.dumps({"format_version": 2, "options": {"sr_size": 256}, "units": []}))
     with pytest.raises(ValueError, match=r"format 2; this version writes format 3 \(3: one JPEG member per SR frame"):
         read_plan(str(tmp_path), POLICY)
+
+
+def test_a_format_2_output_without_sr_frames_takes_new_units_as_format_3(tmp_path: Path) -> None:
+    """Format 3 changed only the SR members, so such an output's shards are format 3's."""
+    unit = {"number": 0, "sources": ["/a.mp4"], "first_clips": None}
+    (tmp_path / "_plan.json").write_text(
+        json.dumps({"format_version": 2, "options": {"sr_size": None}, "units": [unit]})
+    )
+    plan = read_plan(str(tmp_path), POLICY)
+    assert plan is not None and plan.format_version == 3 and plan.units == [ShardTask(0, ["/a.mp4"])]
 
 
 def test_an_unexpected_exception_of_one_source_is_recorded_with_its_own_reason(
