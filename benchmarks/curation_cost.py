@@ -99,7 +99,7 @@ def time_dedup(clips: int) -> dict:
     return {
         "clips": clips,
         "seconds": round(seconds, 2),
-        "candidate_pairs": report.candidate_pairs,
+        "compared_pairs": report.compared_pairs,
         "planted_pairs": len(planted),
         "planted_found": found,
         "duplicates_marked": report.duplicates,

@@ -24,6 +24,7 @@ so the work stays linear in the bucket. Method and measurements: docs/curation.m
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,9 @@ class DedupConfig:
     bits_per_key: int = 20
     tables: int = 64
     max_bucket: int = 256
+    chunk_clips: int = 1 << 18
+    """Clips of one table whose buckets are paired and compared at once: bounds the memory of
+    a table's candidates (at 10^7 clips a table has about 5·10^7), not what is found."""
     seed: int = 0
     """Chooses the sampled bits; fixed, so that a rerun gives the same groups."""
 
@@ -65,8 +69,10 @@ class DedupConfig:
 class DedupReport:
     clips: int
     with_video_fingerprint: int
-    candidate_pairs: int
+    compared_pairs: int
+    """Candidate pairs compared; a pair that shares a key in several tables counts once per table."""
     matched_pairs: int
+    """Near-duplicate pairs found, counted in the same way."""
     groups: int
     """Groups of two or more clips."""
     duplicates: int
@@ -124,29 +130,47 @@ def _bucket_pairs(keys: np.ndarray, members: np.ndarray, max_bucket: int) -> tup
     return np.concatenate(firsts), np.concatenate(seconds), int(np.sum(sizes > max_bucket))
 
 
-def _candidates(video: np.ndarray, present: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, int]:
-    """Unique candidate pairs [P, 2] (i < j) of clips with a video fingerprint."""
-    members = np.flatnonzero(present)
-    bit_rows = np.ascontiguousarray(np.unpackbits(video[members], axis=1).T)  # [bits, clips]: rows gather fast
+def _table_keys(byte_rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """uint32 keys of one table: the sampled `bits` of each fingerprint (rows of `byte_rows`,
+    [bytes, clips], are its bytes; bit 0 is the first byte's highest, as in np.unpackbits)."""
+    keys = np.zeros(byte_rows.shape[1], dtype=np.uint32)
+    for position, bit in enumerate(bits):
+        keys |= ((byte_rows[bit >> 3] >> np.uint8(7 - (bit & 7))) & np.uint8(1)).astype(np.uint32) << np.uint32(
+            position
+        )
+    return keys
+
+
+def _matched_edges(clips: _Clips, config: DedupConfig) -> tuple[np.ndarray, int, int]:
+    """Near-duplicate pairs [E, 2] (a pair found by several tables once per table), the
+    comparisons made and the oversized buckets.
+
+    Each table's candidates are compared as soon as they are found and only the matches are
+    kept, so the memory is one table's candidates, not every table's: at 10^6 clips these
+    are about half a million pairs a table, 30 million in all."""
+    members = np.flatnonzero(clips.has_video)
+    byte_rows = np.ascontiguousarray(clips.video[members].T)  # [bytes, clips]: rows gather fast
     rng = np.random.default_rng(config.seed)
-    codes, oversized = [], 0
-    count = np.int64(len(video))
+    edges, compared, oversized = [], 0, 0
     for _ in range(config.tables):
-        keys = np.zeros(len(members), dtype=np.uint32)
-        for position, bit in enumerate(rng.choice(len(bit_rows), size=config.bits_per_key, replace=False)):
-            keys |= bit_rows[bit].astype(np.uint32) << np.uint32(position)
-        first, second, large = _bucket_pairs(keys, members, config.max_bucket)
-        oversized += large
-        codes.append(np.minimum(first, second) * count + np.maximum(first, second))  # one integer per pair
-    unique = _distinct(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
-    unique = unique[unique // count != unique % count]
-    return np.stack([unique // count, unique % count], axis=1), oversized
+        bits = rng.choice(8 * byte_rows.shape[0], size=config.bits_per_key, replace=False)
+        keys = _table_keys(byte_rows, bits)
+        order = np.argsort(keys, kind="stable")  # a large bucket keeps its clips in manifest order
+        sorted_keys, sorted_members = keys[order], members[order]
+        for begin, end in _whole_bucket_spans(sorted_keys, config.chunk_clips):
+            first, second, large = _bucket_pairs(sorted_keys[begin:end], sorted_members[begin:end], config.max_bucket)
+            pairs = np.stack([first, second], axis=1)
+            edges.append(pairs[_matches(clips, pairs, config)])
+            compared += len(pairs)
+            oversized += large
+    return (np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)), compared, oversized
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (by sorting: numpy's hash-based unique is slower on many ints)."""
-    values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+def _whole_bucket_spans(sorted_keys: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """[begin, end) spans of about `size` sorted keys that never split a bucket."""
+    starts = np.searchsorted(sorted_keys, sorted_keys[::size], side="left")
+    bounds = [*np.unique(starts).tolist(), len(sorted_keys)]
+    return list(itertools.pairwise(bounds))
 
 
 VERIFY_CHUNK = 1 << 20
@@ -205,10 +229,8 @@ def find_duplicates(manifest: pa.Table, config: DedupConfig = DedupConfig()) -> 
         source=pc.dictionary_encode(manifest["source"]).combine_chunks().indices.to_numpy(),
         start_seconds=manifest["start_seconds"].to_numpy(),
     )
-    pairs, oversized = _candidates(video, has_video, config)
-    matched = _matches(clips, pairs, config)
+    edges, compared, oversized = _matched_edges(clips, config)
     count = manifest.num_rows
-    edges = pairs[matched]
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count))
     _, component = connected_components(graph, directed=False)
     order = pc.sort_indices(
@@ -228,7 +250,7 @@ def find_duplicates(manifest: pa.Table, config: DedupConfig = DedupConfig()) -> 
     report = DedupReport(
         clips=count,
         with_video_fingerprint=int(has_video.sum()),
-        candidate_pairs=len(pairs),
+        compared_pairs=compared,
         matched_pairs=len(edges),
         groups=int(np.sum(np.bincount(component) > 1)),
         duplicates=int(is_duplicate.sum()),

@@ -50,7 +50,7 @@ def test_fingerprints_as_hex_strings_give_the_same_groups(curation_media, clip_s
 def test_a_manifest_without_any_candidate_pair_has_no_duplicates(curation_media, clip_signals, names) -> None:
     manifest = manifest_of(curation_media, {name: clip_signals[name] for name in names})
     table, report = find_duplicates(manifest)
-    assert table["duplicate_of"].null_count == len(names) and report.duplicates == report.candidate_pairs == 0
+    assert table["duplicate_of"].null_count == len(names) and report.duplicates == report.compared_pairs == 0
 
 
 def test_no_pair_to_compare_gives_no_distances() -> None:
@@ -86,8 +86,16 @@ def test_lsh_finds_planted_near_duplicates_among_random_clips() -> None:
     assert len(found) >= 0.98 * len(planted)  # 99.99 % at 4 flipped bits, 99.5 % at 16
     assert report.duplicates == len(found)  # no random pair matched
     all_pairs = manifest.num_rows * (manifest.num_rows - 1) / 2
-    assert report.candidate_pairs < 1e-3 * all_pairs  # compared: about 64 / 2^20 of all pairs
+    assert report.compared_pairs < 1e-3 * all_pairs  # about 64 / 2^20 of all pairs
     assert PLANTED_VIDEO_FLIPS[1] <= DedupConfig().max_video_bits
+
+
+def test_comparing_a_table_in_chunks_finds_the_same_groups() -> None:
+    manifest, _ = synthetic_manifest(40_000, seed=1)
+    whole, whole_report = find_duplicates(manifest)
+    chunked, chunked_report = find_duplicates(manifest, DedupConfig(chunk_clips=1_000))
+    assert chunked["duplicate_of"].equals(whole["duplicate_of"]) and whole_report.duplicates > 300
+    assert chunked_report == whole_report
 
 
 def test_a_huge_bucket_of_one_picture_is_linked_in_linear_work() -> None:
@@ -105,7 +113,7 @@ def test_a_huge_bucket_of_one_picture_is_linked_in_linear_work() -> None:
     )
     table, report = find_duplicates(manifest)
     assert report.oversized_buckets == DedupConfig().tables
-    assert report.candidate_pairs < 2 * manifest.num_rows  # not 4.5 million
+    assert report.compared_pairs < 2 * DedupConfig().tables * manifest.num_rows  # linear: not 4.5 million a table
     assert report.groups == 1 and report.duplicates == manifest.num_rows - 1
     assert set(table["duplicate_of"].drop_null().to_pylist()) == {table["key"][0].as_py()}
 
