@@ -6,9 +6,11 @@ The inputs are hard links to one tiny video, 1,000 per folder. The finished outp
 fabricated with the pipeline's own part writer (`pipeline.parts.write_part`: CLIPS_PER_VIDEO
 manifest rows per video, one error row per ERROR_EVERY videos), not by decoding 10^5 videos:
 the driver's work on a finished output is the same either way, and its shards are never
-opened by the driver.
+opened by the driver. With the curation signals (the default; `--no-signals` leaves them out)
+every fabricated clip gets random fingerprints, so finishing also runs the near-duplicate
+search over all clips, as a real run's does.
 
-    .venv/bin/python -m benchmarks.driver_scale [--sizes 10000 100000] [--workdir /tmp/mmdiff-driver-scale]
+    .venv/bin/python -m benchmarks.driver_scale [--sizes 10000 100000] [--no-signals] [--workdir /tmp/mmdiff-driver-scale]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -47,7 +50,22 @@ def make_inputs(folder: Path, count: int) -> None:
         os.link(source, sub / f"v{index:07d}.mp4")
 
 
-def fabricate_finished(input_folder: Path, output: Path) -> None:
+def fabricated_signals(rng: random.Random) -> dict:
+    """A clip's signal columns: random fingerprints, zero for every other signal."""
+    import pyarrow as pa
+
+    from pipeline.signals import SIGNAL_COLUMNS
+
+    row: dict = {}
+    for spec in SIGNAL_COLUMNS:
+        if pa.types.is_fixed_size_binary(spec.arrow_type):
+            row[spec.name] = rng.randbytes(spec.arrow_type.byte_width)
+        else:
+            row[spec.name] = 0 if pa.types.is_integer(spec.arrow_type) else 0.0
+    return row
+
+
+def fabricate_finished(input_folder: Path, output: Path, signals: bool) -> None:
     """Plan `output` as a run would, then write every unit's part as a finished run would."""
     from pipeline.config import PreprocessConfig
     from pipeline.errors import Reason
@@ -57,9 +75,8 @@ def fabricate_finished(input_folder: Path, output: Path) -> None:
     from pipeline.shard_format import sample_key
     from pipeline.task import error_row
 
-    config = PreprocessConfig(
-        input=str(input_folder), output=str(output), signals=False
-    )  # fabricated clips: no signals
+    config = PreprocessConfig(input=str(input_folder), output=str(output), signals=signals)
+    rng = random.Random(0)
     plan, _, _, _ = plan_run(config)
     write_plan(str(output), plan, config.retry)
     for unit in plan.units:
@@ -78,6 +95,7 @@ def fabricate_finished(input_folder: Path, output: Path) -> None:
                     "start_seconds": clip * 1.6,
                     "source_fps": 30.0,
                     "source_sample_rate": 44100,
+                    **(fabricated_signals(rng) if signals else {}),
                 }
                 for clip in range(CLIPS_PER_VIDEO)
             ]
@@ -85,7 +103,7 @@ def fabricate_finished(input_folder: Path, output: Path) -> None:
         write_part(str(output), record, rows, part_schema(config.signals), config.retry)
 
 
-def phase(name: str, input_folder: Path, output: Path) -> dict:
+def phase(name: str, input_folder: Path, output: Path, signals: bool) -> dict:
     """Run one phase in this (fresh) process; wall times and peak RSS."""
     started = time.perf_counter()
     from pipeline.config import PreprocessConfig
@@ -93,10 +111,8 @@ def phase(name: str, input_folder: Path, output: Path) -> dict:
     from pipeline.run import plan_run, preprocess
 
     imported = time.perf_counter()
-    config = PreprocessConfig(
-        input=str(input_folder), output=str(output), signals=False
-    )  # fabricated clips: no signals
-    result: dict = {"phase": name}
+    config = PreprocessConfig(input=str(input_folder), output=str(output), signals=signals)
+    result: dict = {"phase": name, "signals": signals}
     if name == "plan":
         plan, inputs, _, _ = plan_run(config)
         write_plan(str(output), plan, config.retry)
@@ -115,10 +131,10 @@ def phase(name: str, input_folder: Path, output: Path) -> dict:
     return result
 
 
-def run_phase(name: str, input_folder: Path, output: Path) -> dict:
+def run_phase(name: str, input_folder: Path, output: Path, signals: bool) -> dict:
     started = time.perf_counter()
     command = [sys.executable, "-m", "benchmarks.driver_scale", "--phase", name]
-    command += ["--input", str(input_folder), "--output", str(output)]
+    command += ["--input", str(input_folder), "--output", str(output), *([] if signals else ["--no-signals"])]
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     result["process_seconds"] = round(time.perf_counter() - started, 2)
@@ -129,25 +145,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmdiff-driver-scale"))
+    parser.add_argument("--no-signals", dest="signals", action="store_false", help="clips without curation signals")
     parser.add_argument("--phase", choices=("plan", "finish", "noop"), help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
-        print(json.dumps(phase(args.phase, args.input, args.output)))
+        print(json.dumps(phase(args.phase, args.input, args.output, args.signals)))
         return
     print(f"load average before: {os.getloadavg()}")
     for size in args.sizes:
         inputs, output = args.workdir / f"inputs-{size}", args.workdir / f"output-{size}"
         make_inputs(inputs, size)
         shutil.rmtree(output, ignore_errors=True)
-        print(json.dumps({"inputs": size, **run_phase("plan", inputs, output)}))
+        print(json.dumps({"inputs": size, **run_phase("plan", inputs, output, args.signals)}))
         shutil.rmtree(output, ignore_errors=True)
         started = time.perf_counter()
-        fabricate_finished(inputs, output)
+        fabricate_finished(inputs, output, args.signals)
         print(json.dumps({"inputs": size, "fabricated_seconds": round(time.perf_counter() - started, 1)}))
-        print(json.dumps({"inputs": size, **run_phase("finish", inputs, output)}))
-        print(json.dumps({"inputs": size, **run_phase("noop", inputs, output)}))
+        print(json.dumps({"inputs": size, **run_phase("finish", inputs, output, args.signals)}))
+        print(json.dumps({"inputs": size, **run_phase("noop", inputs, output, args.signals)}))
     print(f"load average after: {os.getloadavg()}")
 
 
