@@ -18,7 +18,8 @@ class PreprocessConfig:
     output: str
     """Folder or s3://bucket/prefix that receives shards/, manifest.parquet, errors.parquet, stats.json."""
     workers: int | None = None
-    """Most decoding workers at once (one CPU each); None: every CPU of the Ray cluster."""
+    """Most decoding workers at once (one CPU each); None: every CPU of the Ray cluster as it
+    grows (units are queued beyond its CPUs, so an autoscaler sees the demand)."""
     stride: float = CLIP_SECONDS
     """Seconds between clip starts, a multiple of 1/FPS; the default gives non-overlapping clips."""
     resize: ResizeMode = "pad"

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 LOST_WORKER_RETRIES = 3
 """Times Ray reruns a unit whose worker process or node was lost (Ray's own default)."""
+QUEUED_PER_CPU = 1
+"""Without --workers, units submitted beyond the cluster's CPUs, per CPU: they wait in Ray's
+queue, start the moment a CPU frees, and are the demand an autoscaling cluster grows on."""
 
 
 def storage_environment() -> dict[str, str]:
@@ -92,15 +95,18 @@ class Progress:
         return f"units {self.done}/{self.total}, clips {self.clips}, errors {self.errors}, {rate:.1f} clips/s{left}"
 
 
-def worker_count(config: PreprocessConfig) -> int:
-    """`config.workers`, or every CPU of the Ray cluster."""
+def task_slots(config: PreprocessConfig) -> int:
+    """Units in flight: `config.workers` (so at most that many run at once), else
+    `QUEUED_PER_CPU` + 1 per CPU the cluster has now (read again as nodes join)."""
     import ray
 
-    return config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if config.workers:
+        return config.workers
+    return (QUEUED_PER_CPU + 1) * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[UnitRecord]:
-    """Every task's record, from at most `worker_count` Ray tasks at once, each started the
+    """Every task's record, from `task_slots` Ray tasks in flight, the next submitted the
     moment one ends. A task Ray gave up on (its worker lost more than `LOST_WORKER_RETRIES`
     times), or one that never ran because Ray itself stopped, comes back unfinished: the job
     finishes what it can and says what is left.
@@ -118,9 +124,9 @@ def run_tasks(tasks: list[ShardTask], config: PreprocessConfig) -> list[UnitReco
     running: dict[ray.ObjectRef, ShardTask] = {}
     progress = Progress(len(tasks), config.progress_seconds)
     finished: dict[int, UnitRecord] = {}
-    slots = worker_count(config)
     try:
         while waiting or running:
+            slots = task_slots(config)
             while waiting and len(running) < slots:
                 task = waiting.pop()
                 running[remote_unit.remote(task, *shared)] = task

@@ -19,7 +19,7 @@ from jobs.preprocess import main as preprocess_main
 from mmdiffusion.constants import AUDIO_SAMPLES, FRAMES, IMAGE_SIZE, SR_IMAGE_SIZE
 from pipeline.decode import load_clip
 from pipeline.listing import list_inputs
-from pipeline.run import PreprocessConfig, preprocess
+from pipeline.run import QUEUED_PER_CPU, PreprocessConfig, preprocess, task_slots
 from pipeline.shard_format import SampleSpec, decode_sample, sr_frame_member_name
 from tests.fixtures.media import MediaSet
 from tests.fixtures.s3_server import S3Server
@@ -135,6 +135,12 @@ def test_cli_reads_a_list_file_and_stores_sr_frames(ray_runtime, media_set: Medi
     frames = decode_sample(next(iter(wds.WebDataset(shard, shardshuffle=False))), spec)["video_sr"]
     assert frames.shape == (FRAMES, SR_IMAGE_SIZE, SR_IMAGE_SIZE, 3)
     assert all(np.array_equal(as_images[sr_frame_member_name(SR_IMAGE_SIZE, i)], frames[i]) for i in range(FRAMES))
+
+
+def test_without_workers_units_are_queued_beyond_the_cpus_for_an_autoscaler(ray_runtime, tmp_path: Path) -> None:
+    """The session runtime has 2 CPUs: --workers caps the units in flight, else they queue."""
+    assert task_slots(PreprocessConfig(input=str(tmp_path), output=str(tmp_path / "out"), workers=1)) == 1
+    assert task_slots(PreprocessConfig(input=str(tmp_path), output=str(tmp_path / "out"))) == 2 * (QUEUED_PER_CPU + 1)
 
 
 def test_cli_reports_a_bad_flag_value_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
