@@ -8,6 +8,7 @@ dicts load without a key mapping.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -67,9 +68,12 @@ class _RecomputedNormActConv(torch.autograd.Function):
         ctx.save_for_backward(x, gn_weight, gn_bias, scale, shift, mask, weight)
         # Under autocast the convolution runs in the autocast dtype, as the plain chain's would;
         # the backward pass (which runs without autocast) uses the same dtype.
+        # Devices without autocast (`meta`, for counting) run in the tensors' own dtype.
         device = x.device.type
-        ctx.conv_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-        with torch.autocast(device, enabled=False):
+        has_autocast = torch.amp.is_autocast_available(device)
+        autocast_on = has_autocast and torch.is_autocast_enabled(device)
+        ctx.conv_dtype = torch.get_autocast_dtype(device) if autocast_on else h.dtype
+        with torch.autocast(device, enabled=False) if has_autocast else contextlib.nullcontext():
             return torch.ops.aten.convolution(
                 h.to(ctx.conv_dtype),
                 weight.to(ctx.conv_dtype),

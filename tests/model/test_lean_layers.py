@@ -55,3 +55,13 @@ def test_recomputed_chain_equals_the_plain_one(kind: str, modulated: bool, drop:
     assert torch.equal(lean, plain)
     for got, want in zip(lean_grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_recomputed_chain_runs_on_the_meta_device() -> None:
+    """Counting tools (benchmarks/saved_for_backward.py) trace the model on `meta`, a device
+    without autocast; the chain must not ask it for an autocast state."""
+    with torch.device("meta"):
+        norm, conv = GroupNorm32(64), nn.Conv1d(64, 64, 3, padding=1)
+        x = torch.zeros(1, 64, 128, requires_grad=True)
+        out = norm_act_conv(norm, x, conv)
+    assert out.device.type == "meta" and out.shape == (1, 64, 128) and out.grad_fn is not None
