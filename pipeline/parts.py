@@ -33,11 +33,29 @@ from pipeline.storage import AtomicWriter, join, resolve, write_atomically
 
 PARTS_FOLDER = "_parts"
 ERRORS_FILE = "errors.parquet"
+
+
+@dataclass(frozen=True)
+class FormatChange:
+    text: str
+    only_with: str | None = None
+    """The clip option the change concerns: an output whose plan pins it unset (None) was
+    written the same before and after, so the change does not stand between it and a rerun."""
+
+    def concerns(self, options: dict[str, object]) -> bool:
+        """Whether an output with these pinned options differs by it (one that pinned none,
+        before format 2, may)."""
+        return self.only_with is None or self.only_with not in options or options[self.only_with] is not None
+
+
 FORMAT_CHANGES = {
-    2: "parquet parts and clip options pinned in the plan (format 1: JSON part records)",
-    3: f"one JPEG member per SR frame, {sr_frame_member_name(SR_IMAGE_SIZE, 0)} to "
-    f"{sr_frame_member_name(SR_IMAGE_SIZE, FRAMES - 1)} (format 2: all frames in one strip, "
-    f"{sr_strip_member_name(SR_IMAGE_SIZE)})",
+    2: FormatChange("parquet parts and clip options pinned in the plan (format 1: JSON part records)"),
+    3: FormatChange(
+        f"one JPEG member per SR frame, {sr_frame_member_name(SR_IMAGE_SIZE, 0)} to "
+        f"{sr_frame_member_name(SR_IMAGE_SIZE, FRAMES - 1)} (format 2: all frames in one strip, "
+        f"{sr_strip_member_name(SR_IMAGE_SIZE)})",
+        only_with="sr_size",
+    ),
 }
 """What each format version changed; a refused rerun names the changes since its output's."""
 FORMAT_VERSION = max(FORMAT_CHANGES)

@@ -46,15 +46,19 @@ def read_plan(output_uri: str, policy: RetryPolicy) -> Plan | None:
         return None
     data = json.loads(retrying(lambda: read_bytes(uri), f"{uri}: read", policy))
     version = data.get("format_version", 1)
-    if version == 2 and data["options"].get("sr_size") is None:
-        version = 3  # format 3 changed only the SR members: without them a format-2 output is one of 3
-    if version != FORMAT_VERSION:
-        changes = "; ".join(f"{number}: {change}" for number, change in FORMAT_CHANGES.items() if number > version)
+    changes = [
+        f"{number}: {change.text}"
+        for number, change in FORMAT_CHANGES.items()
+        if number > version and change.concerns(data.get("options", {}))
+    ]
+    if version > FORMAT_VERSION or changes:
         raise ValueError(
             f"{output_uri} was written in preprocessing format {version}; this version writes format "
-            f"{FORMAT_VERSION} ({changes or 'older than the output'}) and cannot add to it: write to a new output"
+            f"{FORMAT_VERSION} ({'; '.join(changes) or 'older than the output'}) and cannot add to it: "
+            "write to a new output"
         )
-    return Plan(options=data["options"], units=[ShardTask(**unit) for unit in data["units"]], format_version=version)
+    # An output no change since its format concerns is one of this format.
+    return Plan(options=data["options"], units=[ShardTask(**unit) for unit in data["units"]])
 
 
 def check_options(plan: Plan, options: dict[str, object], output_uri: str) -> None:
