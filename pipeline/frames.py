@@ -47,8 +47,3 @@ class SquareScaler:
         width, height = scaled_size(frame.width, frame.height, self.side, self.mode)
         scaled = self._reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation="AREA")
         return fit_square(scaled.to_ndarray(), self.side)
-
-
-def square_rgb(frame: av.VideoFrame, side: int, mode: ResizeMode) -> np.ndarray:
-    """One frame through a `SquareScaler` of its own."""
-    return SquareScaler(side, mode)(frame)

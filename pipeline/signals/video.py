@@ -46,7 +46,7 @@ class PictureBox:
 
 
 def picture_box(source_width: int | None, source_height: int | None, side: int, mode: ResizeMode) -> PictureBox:
-    """The picture's place in a `side`×`side` frame made by `pipeline.frames.square_rgb`; the
+    """The picture's place in a `side`×`side` frame made by `pipeline.frames.SquareScaler`; the
     whole frame when the size is unknown (an audio-only source)."""
     if not source_width or not source_height:
         return PictureBox(0, 0, side, side)

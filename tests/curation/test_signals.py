@@ -14,7 +14,7 @@ import pytest
 
 from mmdiffusion.constants import IMAGE_SIZE
 from pipeline.dedup import DUPLICATE_OF
-from pipeline.frames import square_rgb
+from pipeline.frames import SquareScaler
 from pipeline.signals import SIGNAL_COLUMNS, SIGNAL_SCHEMA, ClipSignals, compute_signals, picture_box
 from tests.curation.conftest import signals_of
 from tests.fixtures.curation_media import AUDIO_DELAY, CurationMedia
@@ -111,7 +111,7 @@ def test_a_one_frame_flash_is_no_cut_and_a_spliced_picture_is(curation_media: Cu
 def test_picture_box_is_where_fit_square_puts_the_picture(size: tuple[int, int], resize: str) -> None:
     width, height = size
     frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 255, dtype=np.uint8), format="rgb24")
-    square = square_rgb(frame, IMAGE_SIZE, resize).max(axis=2) > 0
+    square = SquareScaler(IMAGE_SIZE, resize)(frame).max(axis=2) > 0
     rows, columns = np.flatnonzero(square.any(axis=1)), np.flatnonzero(square.any(axis=0))
     box = picture_box(width, height, IMAGE_SIZE, resize)
     assert (box.top, box.left) == (rows[0], columns[0])

@@ -26,6 +26,7 @@ import pytest
 from infra.local.process import http_ok, pid_alive
 from infra.local.stack import MLFLOW_BUCKET, StackConfig, StackState, down, load_stack, status, up
 from infra.local.submit import RAY_CLI, ray_job_submit
+from tests.fixtures.ray_runtime import LATEST_CLUSTER_FILE
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,8 @@ def test_stack_is_healthy_and_up_is_idempotent(stack: StackState, stack_dir: Pat
 def test_stack_head_is_not_what_a_plain_ray_init_finds(stack: StackState) -> None:
     """`ray.init()` without an address joins the latest cluster recorded in the default temp
     dir; the stack's head records itself in its own, so other local runtimes stay apart."""
-    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     gcs_port = stack.ray_gcs_address.rsplit(":", 1)[1]
-    assert not latest.exists() or not latest.read_text().strip().endswith(f":{gcs_port}")
+    assert not LATEST_CLUSTER_FILE.exists() or not LATEST_CLUSTER_FILE.read_text().strip().endswith(f":{gcs_port}")
 
 
 def test_ray_job_submit_runs_on_the_head_with_store_and_mlflow(stack: StackState, tmp_path: Path) -> None:
