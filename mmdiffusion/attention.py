@@ -10,12 +10,14 @@ there is no Python loop over frames.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, norm_act_conv, zero_init
+from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, lean_input_conv, norm_act_conv, zero_init
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -26,6 +28,11 @@ def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tens
     """
     q, k, v = rearrange(qkv, "n (three h d) t -> three n h t d", three=3, h=heads).contiguous().unbind(0)
     return q, k, v
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """`[N, heads, T, d]` attention outputs to `[N, heads·d, T]`."""
+    return rearrange(out, "n h t d -> n (h d) t")
 
 
 MAX_ATTENTION_BATCH = 65_535
@@ -63,7 +70,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = split_heads(norm_act_conv(self.norm, x, self.qkv, act=False), self.heads)
         out = chunked_attention(q, k, v, self.max_batch)
-        return x + self.proj_out(rearrange(out, "n h t d -> n (h d) t"))
+        return x + lean_input_conv(self.proj_out, out, layout=merge_heads)
 
 
 def window_index(frames: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
@@ -129,6 +136,11 @@ class RSMMA(nn.Module):
 
         video_out = F.scaled_dot_product_attention(vq, windowed(ak), windowed(av))
         audio_out = F.scaled_dot_product_attention(aq, windowed(vk), windowed(vv))
-        video_out = rearrange(video_out, "(b h) f (y x) d -> b (h d) f y x", b=batch, y=height, x=width)
-        audio_out = rearrange(audio_out, "(b h) f n d -> b (h d) (f n)", b=batch)
-        return video + self.video_proj_out(video_out), audio + self.audio_proj_out(audio_out)
+        # The projections keep the attention outputs, which the attention's backward keeps
+        # anyway, rather than their merged-head copies.
+        video_layout = partial(rearrange, pattern="(b h) f (y x) d -> b (h d) f y x", b=batch, y=height, x=width)
+        audio_layout = partial(rearrange, pattern="(b h) f n d -> b (h d) (f n)", b=batch)
+        return (
+            video + lean_input_conv(self.video_proj_out, video_out, layout=video_layout),
+            audio + lean_input_conv(self.audio_proj_out, audio_out, layout=audio_layout),
+        )

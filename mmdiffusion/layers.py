@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,26 +47,46 @@ def _norm_act(
     return F.silu(h) if act else h
 
 
-class _RecomputedNormActConv(torch.autograd.Function):
-    """GroupNorm → optional scale-shift → SiLU → optional dropout → convolution, keeping only
-    the chain's input (and a one-byte dropout mask) for the backward pass, which recomputes
-    the cheap norm and activation and hands their output to the convolution's backward.
+Layout = Callable[[torch.Tensor], torch.Tensor]
+"""A pure relayout (a rearrange) of a chain's input, redone in the backward pass."""
+
+
+def _assemble(x: torch.Tensor, skip: torch.Tensor | None, layout: Layout | None) -> torch.Tensor:
+    """A chain's convolution input before its norm: `x`, concatenated with `skip` along the
+    channels, then relaid out."""
+    h = x if skip is None else torch.cat([x, skip], dim=1)
+    return h if layout is None else layout(h)
+
+
+class _RecomputedChainConv(torch.autograd.Function):
+    """[concatenation with a skip input | relayout] → [GroupNorm → optional scale-shift →
+    optional SiLU] → optional dropout → convolution, keeping only the chain's inputs (and a
+    one-byte dropout mask) for the backward pass, which recomputes the cheap steps and hands
+    their output to the convolution's backward.
 
     Left to autograd, a chain keeps the norm's output, the modulated tensor, the SiLU input, a
     float dropout mask and the convolution's input: up to four and a half activations where
-    one suffices. The forward ops are the plain ones and the backward runs the same kernels,
-    so outputs and gradients are those of the unfused chain (for a given dropout mask)."""
+    one suffices. The concatenation of a U-Net decoder input with its skip, and the relayout of
+    an attention output before its projection, are copies of tensors that are kept anyway (the
+    skip by the encoder's next layer, the attention output by the attention's backward), so
+    keeping the parts instead costs nothing. The forward ops are the plain ones and the
+    backward runs the same kernels, so outputs and gradients are those of the unfused chain
+    (for a given dropout mask)."""
 
     @staticmethod
-    def forward(ctx, x, norm, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation):  # type: ignore[override]
-        h = _norm_act(x, norm, gn_weight, gn_bias, scale, shift, act)
+    def forward(
+        ctx, x, skip, layout, norm, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
+    ):  # type: ignore[override]
+        h = _assemble(x, skip, layout)
+        if norm is not None:
+            h = _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
         mask = None
         if drop > 0:
             mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - drop)
             h = h * mask / (1 - drop)
-        ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = norm, act, drop, padding, dilation
+        ctx.layout, ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = layout, norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        ctx.save_for_backward(x, gn_weight, gn_bias, scale, shift, mask, weight)
+        ctx.save_for_backward(x, skip, gn_weight, gn_bias, scale, shift, mask, weight)
         # Under autocast the convolution runs in the autocast dtype, as the plain chain's would;
         # the backward pass (which runs without autocast) uses the same dtype.
         # Devices without autocast (`meta`, for counting) run in the tensors' own dtype.
@@ -88,15 +109,17 @@ class _RecomputedNormActConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
+        x, skip, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        chain_inputs = [x, gn_weight, gn_bias, scale, shift]
-        chain_needs = [needs[0], *needs[2:6]]
+        chain_inputs = [x, skip, gn_weight, gn_bias, scale, shift]
+        chain_needs = [needs[0], needs[1], *needs[4:8]]
         leaves = [
             None if t is None else t.detach().requires_grad_(n) for t, n in zip(chain_inputs, chain_needs, strict=True)
         ]
         with torch.enable_grad():
-            h = _norm_act(leaves[0], ctx.norm, *leaves[1:], act=ctx.act)
+            h = _assemble(leaves[0], leaves[1], ctx.layout)
+            if ctx.norm is not None:
+                h = _norm_act(h, ctx.norm, *leaves[2:], act=ctx.act)
             if mask is not None:
                 h = h * mask / (1 - ctx.drop)
         dtype = ctx.conv_dtype
@@ -111,14 +134,16 @@ class _RecomputedNormActConv(torch.autograd.Function):
             False,
             [0] * len(ctx.padding),
             1,
-            [any(chain_needs), needs[8], needs[9] and ctx.bias_sizes is not None],
+            [any(chain_needs), needs[10], needs[11] and ctx.bias_sizes is not None],
         )
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
         wanted = [t for t, n in zip(leaves, chain_needs, strict=True) if n and t is not None]
         found = iter(torch.autograd.grad(h, wanted, grad_h.to(h.dtype)) if wanted else ())
-        chain_grads = [next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)]
-        return chain_grads[0], None, *chain_grads[1:], None, None, grad_weight, grad_bias, None, None
+        grad_x, grad_skip, *grad_norm = [
+            next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)
+        ]
+        return grad_x, grad_skip, None, None, *grad_norm, None, None, grad_weight, grad_bias, None, None
 
 
 def _conv_parts(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, list[int], list[int]]:
@@ -130,6 +155,36 @@ def _conv_parts(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, lis
     return inner.weight, inner.bias, list(inner.padding), list(inner.dilation)
 
 
+def _chain_conv(
+    conv: nn.Module,
+    x: torch.Tensor,
+    skip: torch.Tensor | None,
+    layout: Layout | None,
+    norm: GroupNorm32 | None,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    dropout: nn.Dropout | None,
+    act: bool,
+) -> torch.Tensor:
+    """The chain of `_RecomputedChainConv` (its plain ops when no gradient is recorded), with a
+    `VideoConv`'s temporal half applied after it."""
+    drop = dropout.p if dropout is not None and dropout.training else 0.0
+    gn = None if norm is None else norm.GroupNorm
+    if not torch.is_grad_enabled():
+        h = _assemble(x, skip, layout)
+        h = h if gn is None else _norm_act(h, gn, gn.weight, gn.bias, scale, shift, act)
+        return conv(F.dropout(h, drop, training=True) if drop else h)
+    weight, bias, padding, dilation = _conv_parts(conv)
+    gn_weight, gn_bias = (None, None) if gn is None else (gn.weight, gn.bias)
+    out = _RecomputedChainConv.apply(
+        x, skip, layout, gn, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
+    )
+    if isinstance(conv, VideoConv):
+        temporal = conv.video_conv_temporal
+        out = F.conv3d(out, temporal.weight[..., None, None], temporal.bias, padding=(conv.padding, 0, 0))
+    return out
+
+
 def norm_act_conv(
     norm: GroupNorm32,
     x: torch.Tensor,
@@ -138,24 +193,27 @@ def norm_act_conv(
     shift: torch.Tensor | None = None,
     dropout: nn.Dropout | None = None,
     act: bool = True,
+    skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`conv(dropout(silu(norm(x) * (1 + scale) + shift)))` (without scale-shift when they are
-    None, without SiLU when not `act`) with the norm and activation recomputed in the backward
-    pass instead of stored (see `_RecomputedNormActConv`). `conv` is a `VideoConv`,
-    `Video3dConv`, `AudioConv` or a plain convolution."""
-    drop = dropout.p if dropout is not None and dropout.training else 0.0
-    gn = norm.GroupNorm
-    if not torch.is_grad_enabled():
-        h = _norm_act(x, gn, gn.weight, gn.bias, scale, shift, act)
-        return conv(F.dropout(h, drop, training=True) if drop else h)
-    weight, bias, padding, dilation = _conv_parts(conv)
-    out = _RecomputedNormActConv.apply(
-        x, gn, gn.weight, gn.bias, scale, shift, act, drop, weight, bias, padding, dilation
-    )
-    if isinstance(conv, VideoConv):
-        temporal = conv.video_conv_temporal
-        out = F.conv3d(out, temporal.weight[..., None, None], temporal.bias, padding=(conv.padding, 0, 0))
-    return out
+    None, without SiLU when not `act`; `x` concatenated with `skip` along the channels first
+    when given) with the concatenation, norm and activation recomputed in the backward pass
+    instead of stored (see `_RecomputedChainConv`). `conv` is a `VideoConv`, `Video3dConv`,
+    `AudioConv` or a plain convolution."""
+    return _chain_conv(conv, x, skip, None, norm, scale, shift, dropout, act)
+
+
+def lean_input_conv(
+    conv: nn.Module, x: torch.Tensor, skip: torch.Tensor | None = None, layout: Layout | None = None
+) -> torch.Tensor:
+    """`conv(layout(cat([x, skip])))` (each step where given), keeping `x` and `skip` for the
+    backward pass instead of the convolution's input, a copy of them (see
+    `_RecomputedChainConv`). An `nn.Identity` "convolution" gives the input itself."""
+    if isinstance(conv, nn.Identity):
+        return _assemble(x, skip, layout)
+    if skip is None and layout is None:
+        return conv(x)
+    return _chain_conv(conv, x, skip, layout, None, None, None, None, False)
 
 
 class VideoConv(nn.Module):

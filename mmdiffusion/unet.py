@@ -25,6 +25,7 @@ from mmdiffusion.layers import (
     VideoConv,
     audio_downsample,
     audio_upsample,
+    lean_input_conv,
     norm_act_conv,
     timestep_embedding,
     video_downsample,
@@ -101,14 +102,29 @@ class CoupledResBlock(nn.Module):
             return norm_act_conv(out_layers[0], h, out_layers[3], scale, shift, dropout=out_layers[2])
         return norm_act_conv(out_layers[0], h + emb_out, out_layers[3], dropout=out_layers[2])
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hv = norm_act_conv(self.video_in_layers[0], video, self.video_in_layers[2])
-        ha = norm_act_conv(self.audio_in_layers[0], audio, self.audio_in_layers[2])
+    def forward(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        emb: torch.Tensor,
+        skip: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`skip`: a decoder block's skip input (video, audio), concatenated after `video` and
+        `audio` along the channels; the concatenation is not kept for the backward pass."""
+        if skip is not None and self.resample is not None:
+            raise ValueError("a resampling block takes no skip input")
+        skip_v, skip_a = (None, None) if skip is None else skip
+        hv = norm_act_conv(self.video_in_layers[0], video, self.video_in_layers[2], skip=skip_v)
+        ha = norm_act_conv(self.audio_in_layers[0], audio, self.audio_in_layers[2], skip=skip_a)
         hv, ha = self._resample(hv, ha)
         video, audio = self._resample(video, audio)
         emb_out = self.emb_layers(emb)
-        video = self.video_skip_connection(video) + self._modulate(self.video_out_layers, hv, emb_out)
-        audio = self.audio_skip_connection(audio) + self._modulate(self.audio_out_layers, ha, emb_out)
+        video = lean_input_conv(self.video_skip_connection, video, skip_v) + self._modulate(
+            self.video_out_layers, hv, emb_out
+        )
+        audio = lean_input_conv(self.audio_skip_connection, audio, skip_a) + self._modulate(
+            self.audio_out_layers, ha, emb_out
+        )
         if hasattr(self, "spatial_attention_block"):
             _, _, frames, height, width = video.shape
             sizes = {"f": frames, "h": height, "w": width}
@@ -138,11 +154,17 @@ class CoupledSequential(nn.ModuleList):
     gradient_checkpointing: bool = False
 
     def forward(
-        self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor, shifts: Mapping[str, int]
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        emb: torch.Tensor,
+        shifts: Mapping[str, int],
+        skip: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        for layer in self:
+        """`skip`: a decoder block's skip input, given to its first layer (a `CoupledResBlock`)."""
+        for index, layer in enumerate(self):
             if isinstance(layer, CoupledResBlock):
-                args: tuple = (video, audio, emb)
+                args: tuple = (video, audio, emb, skip if index == 0 else None)
             elif isinstance(layer, RSMMA):
                 args = (video, audio, shifts.get(layer.block_name, 0))
             else:
@@ -331,7 +353,6 @@ class CoupledUNet(nn.Module):
             skips.append((v, a))
         v, a = self.middle_blocks(v, a, emb, resolved)
         for block in self.output_blocks:
-            skip_v, skip_a = skips.pop()
-            v, a = block(torch.cat([v, skip_v], dim=1), torch.cat([a, skip_a], dim=1), emb, resolved)
+            v, a = block(v, a, emb, resolved, skip=skips.pop())
         video_eps = rearrange(norm_act_conv(self.video_out[0], v, self.video_out[2]), "b c f h w -> b f c h w")
         return video_eps, norm_act_conv(self.audio_out[0], a, self.audio_out[2])

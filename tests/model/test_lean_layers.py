@@ -1,5 +1,5 @@
-"""The memory-lean chains (norm → SiLU → dropout → conv recomputed in the backward pass) give the
-plain ops' outputs and gradients."""
+"""The memory-lean chains (concatenation or relayout → norm → SiLU → dropout → conv, recomputed in
+the backward pass) give the plain ops' outputs and gradients."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, VideoConv, norm_act_conv
+from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, VideoConv, lean_input_conv, norm_act_conv
+from mmdiffusion.unet import CoupledResBlock
 
 
 def video_or_audio(kind: str) -> tuple[nn.Module, torch.Tensor, tuple[int, ...]]:
@@ -65,3 +66,70 @@ def test_the_recomputed_chain_runs_on_the_meta_device() -> None:
         x = torch.zeros(1, 64, 128, requires_grad=True)
         out = norm_act_conv(norm, x, conv)
     assert out.device.type == "meta" and out.shape == (1, 64, 128) and out.grad_fn is not None
+
+
+def gradients_of(output: torch.Tensor, leaves: list[torch.Tensor], upstream: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(output, leaves, upstream))
+
+
+@pytest.mark.parametrize("kind", ["video2d+1d", "audio"])
+def test_a_chain_with_a_skip_input_equals_the_chain_on_the_concatenation(kind: str) -> None:
+    """A decoder block's first chain takes its input and the skip apart, keeping them instead of
+    their concatenation; outputs and both inputs' gradients are the plain ones bit for bit."""
+    torch.manual_seed(0)
+    conv, both, _ = video_or_audio(kind)
+    x, skip = (part.detach().requires_grad_() for part in both.split([40, 24], dim=1))
+    norm = GroupNorm32(64)
+    leaves = [x, skip, *norm.parameters(), *conv.parameters()]
+    lean = norm_act_conv(norm, x, conv, skip=skip)
+    upstream = torch.randn_like(lean)
+    plain = conv(F.silu(norm(torch.cat([x, skip], dim=1))))
+    assert torch.equal(lean, plain)
+    for got, want in zip(gradients_of(lean, leaves, upstream), gradients_of(plain, leaves, upstream), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_skip", [True, False])
+def test_a_lean_input_conv_equals_the_plain_conv(with_skip: bool) -> None:
+    """The skip connection's convolution of a concatenation, and an attention projection of a
+    relaid-out output, computed from the parts: the plain results and gradients bit for bit."""
+    torch.manual_seed(0)
+    conv = AudioConv(64, 32)
+    if with_skip:
+        x, skip = torch.randn(2, 40, 30, requires_grad=True), torch.randn(2, 24, 30, requires_grad=True)
+        layout, leaves, assembled = None, [x, skip], lambda: torch.cat([x, skip], dim=1)
+    else:
+        x, skip = torch.randn(2, 4, 30, 16, requires_grad=True), None  # [N, heads, T, d]
+        layout, leaves = (lambda out: out.permute(0, 1, 3, 2).reshape(2, 64, 30)), [x]
+        assembled = lambda: layout(x)  # noqa: E731
+    leaves += list(conv.parameters())
+    lean = lean_input_conv(conv, x, skip, layout)
+    upstream = torch.randn_like(lean)
+    plain = conv(assembled())
+    assert torch.equal(lean, plain)
+    for got, want in zip(gradients_of(lean, leaves, upstream), gradients_of(plain, leaves, upstream), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_decoder_block_keeps_the_skip_apart_at_no_cost_in_results() -> None:
+    """`CoupledResBlock(video, audio, emb, skip=...)` is the block on the concatenated inputs,
+    outputs and gradients bit for bit, without keeping the concatenation for the backward pass."""
+    torch.manual_seed(0)
+    block = CoupledResBlock(64, 96, 16, dropout=0.0, audio_dilation=2, num_heads=2, video_attention=True)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.normal_(0, 0.2)
+    video, skip_v = torch.randn(1, 40, 4, 6, 6, requires_grad=True), torch.randn(1, 24, 4, 6, 6, requires_grad=True)
+    audio, skip_a = torch.randn(1, 40, 24, requires_grad=True), torch.randn(1, 24, 24, requires_grad=True)
+    emb = torch.randn(1, 16)
+    leaves = [video, skip_v, audio, skip_a, *block.parameters()]
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lean = block(video, audio, emb, skip=(skip_v, skip_a))
+    plain = block(torch.cat([video, skip_v], dim=1), torch.cat([audio, skip_a], dim=1), emb)
+    upstream = [torch.randn_like(out) for out in lean]
+    assert all(torch.equal(a, b) for a, b in zip(lean, plain, strict=True))
+    lean_grads = torch.autograd.grad(lean, leaves, upstream)
+    for got, want in zip(lean_grads, torch.autograd.grad(plain, leaves, upstream), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not [t for t in saved if tuple(t.shape[:2]) == (1, 64)], "a concatenation of input and skip was kept"
