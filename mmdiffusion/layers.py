@@ -58,6 +58,23 @@ def _assemble(x: torch.Tensor, skip: torch.Tensor | None, layout: Layout | None)
     return h if layout is None else layout(h)
 
 
+def _chain_input(
+    x: torch.Tensor,
+    skip: torch.Tensor | None,
+    layout: Layout | None,
+    norm: nn.GroupNorm | None,
+    gn_weight: torch.Tensor | None,
+    gn_bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    act: bool,
+) -> torch.Tensor:
+    """A chain's steps before its dropout: the assembled input, then, in a chain with a norm,
+    the norm, the scale-shift and the activation."""
+    h = _assemble(x, skip, layout)
+    return h if norm is None else _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
+
+
 class _RecomputedChainConv(torch.autograd.Function):
     """[concatenation with a skip input | relayout] → [GroupNorm → optional scale-shift →
     optional SiLU] → optional dropout → convolution, keeping only the chain's inputs (and a
@@ -77,9 +94,7 @@ class _RecomputedChainConv(torch.autograd.Function):
     def forward(
         ctx, x, skip, layout, norm, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
     ):  # type: ignore[override]
-        h = _assemble(x, skip, layout)
-        if norm is not None:
-            h = _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
+        h = _chain_input(x, skip, layout, norm, gn_weight, gn_bias, scale, shift, act)
         mask = None
         if drop > 0:
             mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - drop)
@@ -117,9 +132,7 @@ class _RecomputedChainConv(torch.autograd.Function):
             None if t is None else t.detach().requires_grad_(n) for t, n in zip(chain_inputs, chain_needs, strict=True)
         ]
         with torch.enable_grad():
-            h = _assemble(leaves[0], leaves[1], ctx.layout)
-            if ctx.norm is not None:
-                h = _norm_act(h, ctx.norm, *leaves[2:], act=ctx.act)
+            h = _chain_input(leaves[0], leaves[1], ctx.layout, ctx.norm, *leaves[2:], act=ctx.act)
             if mask is not None:
                 h = h * mask / (1 - ctx.drop)
         dtype = ctx.conv_dtype
@@ -170,12 +183,11 @@ def _chain_conv(
     `VideoConv`'s temporal half applied after it."""
     drop = dropout.p if dropout is not None and dropout.training else 0.0
     gn = None if norm is None else norm.GroupNorm
+    gn_weight, gn_bias = (None, None) if gn is None else (gn.weight, gn.bias)
     if not torch.is_grad_enabled():
-        h = _assemble(x, skip, layout)
-        h = h if gn is None else _norm_act(h, gn, gn.weight, gn.bias, scale, shift, act)
+        h = _chain_input(x, skip, layout, gn, gn_weight, gn_bias, scale, shift, act)
         return conv(F.dropout(h, drop, training=True) if drop else h)
     weight, bias, padding, dilation = _conv_parts(conv)
-    gn_weight, gn_bias = (None, None) if gn is None else (gn.weight, gn.bias)
     out = _RecomputedChainConv.apply(
         x, skip, layout, gn, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
     )
