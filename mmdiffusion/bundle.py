@@ -204,7 +204,7 @@ class ModelBundle:
 
 def describe_diffusion(config: DiffusionConfig) -> str:
     variance = "learned variance" if config.learn_sigma else config.fixed_variance
-    return f"{config.steps} {config.schedule} steps, {variance}"
+    return f"{config.steps} {config.schedule} steps, {variance}, predicts {config.prediction}"
 
 
 def describe_bundle(bundle: ModelBundle) -> str:

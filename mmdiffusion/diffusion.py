@@ -3,7 +3,7 @@
 The network knows nothing of diffusion and the samplers (`mmdiffusion.sampling`) own the
 reverse-time updates; this module holds the tables and formulas they share. Everything works
 on any tensor layout; where the model predicts a variance too, `channel_dim` says on which axis
-its output stacks `[eps, v]`.
+its output stacks `[prediction, variance]`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 
 Schedule = Literal["linear", "cosine"]
 FixedVariance = Literal["fixed_small", "fixed_large"]
+Prediction = Literal["epsilon", "v"]
+PREDICTIONS: tuple[str, ...] = ("epsilon", "v")
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,19 @@ class DiffusionConfig:
     """The model also predicts an interpolation between the posterior and the prior variance."""
     fixed_variance: FixedVariance = "fixed_large"
     """Reverse-step variance when it is not learned (ancestral sampling)."""
+    prediction: Prediction = "epsilon"
+    """What the network's (first) output predicts: `epsilon`, the noise (released), or `v` =
+    sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x0 (Salimans & Ho 2022). Near t = T the ε target is almost x_t
+    itself, so an ε network must reproduce its input to about SNR(t) to see the clip at all;
+    v is about −x0 there, which a network learns quickly (docs/training.md, *Learning check*)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"diffusion steps must be positive, got {self.steps}")
         if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"unknown beta schedule {self.schedule!r}; use 'linear' or 'cosine'")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; use 'epsilon' or 'v'")
 
 
 def make_betas(config: DiffusionConfig) -> np.ndarray:
@@ -163,33 +172,61 @@ class GaussianDiffusion:
             "sqrt_recipm1_alphas_cumprod", t, x_t
         )
 
+    def training_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output at x_t = q_sample(x_start, t, noise)."""
+        if self.config.prediction == "epsilon":
+            return noise
+        return (
+            self.extract("sqrt_alphas_cumprod", t, x_start) * noise
+            - self.extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+        )
+
+    def x0_from_prediction(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x0 from the network's prediction (for v: x0 = sqrt(ᾱ)·x_t − sqrt(1 − ᾱ)·v, which does
+        not divide by the vanishing sqrt(ᾱ) of the high-noise end)."""
+        if self.config.prediction == "epsilon":
+            return self.predict_x0_from_eps(x_t, t, prediction)
+        return (
+            self.extract("sqrt_alphas_cumprod", t, x_t) * x_t
+            - self.extract("sqrt_one_minus_alphas_cumprod", t, x_t) * prediction
+        )
+
+    def prediction_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
+        """The prediction that stands for `x_start` at x_t: the inverse of `x0_from_prediction`."""
+        if self.config.prediction == "epsilon":
+            return self.predict_eps_from_x0(x_t, t, x_start)
+        return (self.extract("sqrt_alphas_cumprod", t, x_t) * x_t - x_start) / self.extract(
+            "sqrt_one_minus_alphas_cumprod", t, x_t
+        )
+
     # ------------------------------------------------------------------ reverse process
     def split_output(self, output: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(eps, v)` from a model output; `v` is None unless the variance is learned."""
+        """`(prediction, variance)` from a model output: the prediction (ε or v, as configured)
+        and the variance interpolation, which is None unless the variance is learned."""
         if not self.config.learn_sigma:
             return output, None
-        eps, v = output.chunk(2, dim=channel_dim)
-        return eps, v
+        prediction, variance = output.chunk(2, dim=channel_dim)
+        return prediction, variance
 
     def p_mean_variance(
         self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, channel_dim: int = 1, clip: bool = True
     ) -> dict[str, torch.Tensor]:
         """Mean and (log-)variance of p(x_{t-1} | x_t) from the model output."""
-        eps, v = self.split_output(output, channel_dim)
-        if v is not None:
+        prediction, variance = self.split_output(output, channel_dim)
+        if variance is not None:
             min_log = self.extract("posterior_log_variance_clipped", t, x_t)
             max_log = self.extract("log_betas", t, x_t)
-            fraction = (v + 1) / 2
+            fraction = (variance + 1) / 2
             log_variance = fraction * max_log + (1 - fraction) * min_log
         elif self.config.fixed_variance == "fixed_small":
             log_variance = self.extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         else:
             log_variance = self.extract("log_variance_fixed_large", t, x_t).expand_as(x_t)
-        pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
+        pred_x0 = self.x0_from_prediction(x_t, t, prediction)
         if clip:
             pred_x0 = pred_x0.clamp(-1, 1)
         mean, _, _ = self.q_posterior(pred_x0, x_t, t)
-        return {"mean": mean, "log_variance": log_variance, "pred_x0": pred_x0, "eps": eps}
+        return {"mean": mean, "log_variance": log_variance, "pred_x0": pred_x0}
 
     # ------------------------------------------------------------------ losses
     def loss_terms(
@@ -201,14 +238,15 @@ class GaussianDiffusion:
         noise: torch.Tensor,
         channel_dim: int = 1,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample `[B]` losses of one modality: `mse` on ε, and with a learned variance the
-        variational bound term `vb` (bits per dimension, gradient to the variance only) and
-        their sum as `loss` (the hybrid loss of improved DDPM with λ = 0.001·T)."""
-        eps, v = self.split_output(output, channel_dim)
-        mse = mean_over_sample((eps.float() - noise.float()) ** 2)
-        if v is None:
+        """Per-sample `[B]` losses of one modality: `mse` on the prediction (ε or v), and with a
+        learned variance the variational bound term `vb` (bits per dimension, gradient to the
+        variance only) and their sum as `loss` (the hybrid loss of improved DDPM with λ = 0.001·T)."""
+        prediction, variance = self.split_output(output, channel_dim)
+        target = self.training_target(x_start.float(), t, noise.float())
+        mse = mean_over_sample((prediction.float() - target) ** 2)
+        if variance is None:
             return {"mse": mse, "loss": mse}
-        frozen = torch.cat([eps.detach(), v], dim=channel_dim).float()
+        frozen = torch.cat([prediction.detach(), variance], dim=channel_dim).float()
         vb = self.variational_bound(frozen, x_start.float(), x_t.float(), t, channel_dim)
         return {"mse": mse, "vb": vb, "loss": mse + vb}
 
@@ -232,7 +270,7 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The joint ε-prediction loss of the coupled U-Net, per sample `[B]`.
+        """The joint loss of the coupled U-Net (on ε or v, as configured), per sample `[B]`.
 
         `loss` is the sum of the two modalities' terms, reported as `video_loss` and
         `audio_loss` (each the mean over its own elements, as the released trainer does).

@@ -9,7 +9,7 @@ Diffusion Models", that MM-Diffusion adopts) also nudges the generated modality 
     x̃0_g = x̂0_g − λ · sqrt(ᾱ_t) / 2 · ∇_{g_t} ‖condition − x̂0_c(g_t, c_t)‖²
 
 where x̂0_c is the model's prediction of the clean condition. The corrected x̃0_g is turned back
-into an ε prediction, so every sampler applies it unchanged.
+into the network's kind of prediction (ε or v), so every sampler applies it unchanged.
 """
 
 from __future__ import annotations
@@ -69,21 +69,23 @@ class ZeroShotCondition:
     def guide(
         self, predict: JointPredictor, diffusion: GaussianDiffusion, inputs: dict[str, torch.Tensor], t: torch.Tensor
     ) -> JointOutputs:
-        """The model outputs at `inputs`, with the generated modality's ε corrected by the
+        """The model outputs at `inputs`, with the generated modality's prediction corrected by the
         reconstruction gradient (one network evaluation, with a backward pass)."""
         generated, condition = self.generated, self.modality
         with torch.enable_grad():
             x_gen = inputs[generated].detach().requires_grad_(True)
             outputs = predict({**inputs, generated: x_gen}, t)
-            eps_cond, _ = diffusion.split_output(outputs[condition], CHANNEL_DIM[condition])
-            x0_cond = diffusion.predict_x0_from_eps(inputs[condition], t, eps_cond)
+            prediction_cond, _ = diffusion.split_output(outputs[condition], CHANNEL_DIM[condition])
+            x0_cond = diffusion.x0_from_prediction(inputs[condition], t, prediction_cond)
             error = (x0_cond - self.value).pow(2).flatten(1).sum(dim=1)
             (gradient,) = torch.autograd.grad(error.sum(), x_gen)
         outputs = {name: output.detach() for name, output in outputs.items()}
         x_gen = x_gen.detach()
-        eps_gen, variance = diffusion.split_output(outputs[generated], CHANNEL_DIM[generated])
-        x0_gen = diffusion.predict_x0_from_eps(x_gen, t, eps_gen)
+        prediction_gen, variance = diffusion.split_output(outputs[generated], CHANNEL_DIM[generated])
+        x0_gen = diffusion.x0_from_prediction(x_gen, t, prediction_gen)
         x0_gen = x0_gen - self.guidance * diffusion.extract("sqrt_alphas_cumprod", t, x_gen) / 2 * gradient
-        eps_gen = diffusion.predict_eps_from_x0(x_gen, t, x0_gen)
-        outputs[generated] = eps_gen if variance is None else torch.cat([eps_gen, variance], CHANNEL_DIM[generated])
+        prediction_gen = diffusion.prediction_from_x0(x_gen, t, x0_gen)
+        outputs[generated] = (
+            prediction_gen if variance is None else torch.cat([prediction_gen, variance], CHANNEL_DIM[generated])
+        )
         return outputs

@@ -19,6 +19,8 @@ import torch
 from mmdiffusion.diffusion import GaussianDiffusion
 
 SamplerName = Literal["ddpm", "ddim", "dpm-solver++"]
+DIFFUSERS_PREDICTION: dict[str, str] = {"epsilon": "epsilon", "v": "v_prediction"}
+"""diffusers' `prediction_type` for each `DiffusionConfig.prediction`."""
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm-solver++")
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
 """Steps when none are asked for: full ancestral DDPM; DDIM and DPM-Solver++ at the step counts
@@ -61,7 +63,7 @@ def build_scheduler(config: SamplerConfig, diffusion: GaussianDiffusion) -> Any:
     common: dict[str, Any] = {
         "num_train_timesteps": diffusion.num_steps,
         "trained_betas": diffusion.tables["betas"].numpy(),
-        "prediction_type": "epsilon",
+        "prediction_type": DIFFUSERS_PREDICTION[diffusion.config.prediction],
     }
     if config.name == "ddpm":
         variance = "learned_range" if diffusion.config.learn_sigma else diffusion.config.fixed_variance
@@ -136,7 +138,8 @@ class ModalitySampler:
         self.diffusion = diffusion
         self.channel_dim = channel_dim
         self.scheduler = build_scheduler(config, diffusion)
-        # Only ancestral DDPM draws with the learned variance; DDIM and DPM-Solver++ use ε alone.
+        # Only ancestral DDPM draws with the learned variance; DDIM and DPM-Solver++ use the
+        # prediction (ε or v) alone.
         self.uses_learned_variance = diffusion.config.learn_sigma and config.name == "ddpm"
 
     @property
@@ -156,5 +159,5 @@ class ModalitySampler:
                 output.movedim(self.channel_dim, 1), t, x.movedim(self.channel_dim, 1), generator=generator
             ).prev_sample
             return prev.movedim(1, self.channel_dim)
-        eps, _ = self.diffusion.split_output(output, self.channel_dim)
-        return self.scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
+        prediction, _ = self.diffusion.split_output(output, self.channel_dim)
+        return self.scheduler.step(prediction, t, x, generator=generator, **extra).prev_sample

@@ -53,7 +53,7 @@ FORMS = ("file", "checkpoint folder", "run folder", "runs:/", "models:/NAME/VERS
 
 RUNS = {
     # name: (diffusion_overrides, extra model_overrides, sampler)
-    "cosine": ({"schedule": "cosine"}, {}, SamplerConfig("ddim", 2)),
+    "cosine-v": ({"schedule": "cosine", "prediction": "v"}, {}, SamplerConfig("ddim", 2)),
     "learned-variance": (
         {"learn_sigma": True, "steps": 500},
         {"video_out_channels": 6, "audio_out_channels": 2},
@@ -234,11 +234,13 @@ def test_every_model_form_samples_and_evaluates_with_the_trained_diffusion(
     assert evaluate_job.main(["--model", uri, "--data", str(reference_shards.root), *FAST]) == 0
     printed = capsys.readouterr().out
     assert f"{model.bundle.diffusion.steps} {model.bundle.diffusion.schedule} steps" in printed
+    assert f"predicts {model.bundle.diffusion.prediction}" in printed
     logged = MlflowClient().get_run(re.search(r"logged to MLflow run (\w+)", printed)[1]).data
     assert logged.metrics["val_loss"] == model.loss["val_loss"]
     assert logged.params["diffusion.schedule"] == model.bundle.diffusion.schedule
     assert logged.params["diffusion.steps"] == str(model.bundle.diffusion.steps)
     assert logged.params["diffusion.learn_sigma"] == str(model.bundle.diffusion.learn_sigma)
+    assert logged.params["diffusion.prediction"] == model.bundle.diffusion.prediction
     assert logged.params["diffusion.origin"] == "saved"
     assert logged.tags["mmdiff.model_run_id"] == model.result.mlflow_run_id  # local files too, by provenance
 
@@ -321,7 +323,7 @@ def test_every_command_gives_the_same_clear_errors(
 def test_evaluate_scores_the_ema_or_the_raw_weights_on_the_held_out_split_and_logs_which(
     trained, embedded_tracking_uri: str, reference_shards: ReferenceShards, capsys: pytest.CaptureFixture
 ) -> None:
-    model = trained["cosine"]
+    model = trained["cosine-v"]
     data = ["--data", str(reference_shards.root), *FAST]
     logged = {}
     for weights in ("ema", "raw"):
