@@ -114,3 +114,33 @@ def test_a_v_network_samples_what_the_same_predictor_in_eps_samples(sampler, con
     torch.testing.assert_close(v_video, eps_video, rtol=0, atol=1e-4)
     torch.testing.assert_close(v_audio, eps_audio, rtol=0, atol=1e-4)
     assert eps_video.std() > 0.2  # samples, not a collapse both sides share
+
+
+def with_variance(model):
+    """The model's outputs with a learned-variance half stacked on (the interpolation 0.3)."""
+
+    def predict(video: torch.Tensor, audio: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        video_out, audio_out = model(video, audio, t)
+        return (
+            torch.cat([video_out, torch.full_like(video_out, 0.3)], dim=2),
+            torch.cat([audio_out, torch.full_like(audio_out, 0.3)], dim=1),
+        )
+
+    return predict
+
+
+def test_ancestral_ddpm_with_a_learned_variance_reads_v_as_v() -> None:
+    sampler = SamplerConfig("ddpm", 50)
+    samples = []
+    for prediction, model in (
+        ("epsilon", AnalyticJointDenoiser(EPS_DIFFUSION, MU_VIDEO, MU_AUDIO, SIGMA, rho=RHO)),
+        ("v", VDenoiser()),
+    ):
+        diffusion = GaussianDiffusion(DiffusionConfig(learn_sigma=True, prediction=prediction))
+        samples.append(
+            sample_joint(with_variance(model), diffusion, sampler, SHAPES, generator=torch.Generator().manual_seed(0))
+        )
+    (eps_video, eps_audio), (v_video, v_audio) = samples
+    torch.testing.assert_close(v_video, eps_video, rtol=0, atol=1e-4)
+    torch.testing.assert_close(v_audio, eps_audio, rtol=0, atol=1e-4)
+    assert eps_video.std() > 0.2
