@@ -79,7 +79,8 @@ untrained network 8.2-9.6 dB."""
 AUDIO_CORRELATION = 0.5
 """... and its clip's audio at this waveform correlation or above. Measured as above: correct
 chains 0.61-0.71, worst clip 0.57; ε sign flipped 0.14-0.17, ε halved 0.28-0.37, the untrained
-network 0.19-0.25 (the noised clip itself: about 0.20)."""
+network 0.19-0.25 (the noised clip itself: about 0.20). It does not part a halved v
+(`--prediction v`: 0.51-0.57), whose waveform keeps its shape; the video threshold does."""
 
 
 @dataclass(frozen=True)
