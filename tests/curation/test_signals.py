@@ -77,9 +77,15 @@ def test_black_frames_are_counted_only_in_the_black_clip(clip_signals) -> None:
 def test_a_frozen_frame_has_no_motion_and_every_frame_frozen(clip_signals) -> None:
     frozen = clip_signals["frozen"]
     assert frozen.frozen_frame_share == 1.0 and frozen.motion_energy < 0.05
-    for name, record in others(clip_signals, "frozen", "black").items():
+    for name, record in others(clip_signals, "frozen", "black", "reencoded").items():
         assert record.frozen_frame_share == 0.0, name
         assert record.motion_energy > 2.0, name
+    # x264 at crf 36 and 64×48 sometimes skips one frame's 1-pixel drift of the smooth field (its
+    # smallest frame difference ranged 0.39-1.68 levels over 12 builds of the media; libx264's
+    # output here varies from build to build even with one thread), so a frame that nearly
+    # repeats the one before is real in this clip: at most one of its 15, still far from frozen.
+    reencoded = clip_signals["reencoded"]
+    assert reencoded.frozen_frame_share <= 1 / 15 and reencoded.motion_energy > 2.0
 
 
 def test_the_hard_cut_is_one_scene_cut_and_no_other_clip_has_any(clip_signals) -> None:
