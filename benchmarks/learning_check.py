@@ -44,11 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jobs.sample import DEFAULT_GUIDANCE
 from mmdiffusion.bundle import BundledModel
 from mmdiffusion.constants import AUDIO_SAMPLES, CLIP_SECONDS, FPS, FRAMES
 from mmdiffusion.media import AUDIO_SCALE, video_from_uint8, video_to_uint8
 from mmdiffusion.sampling import NoisedStart, SamplerConfig, ZeroShotCondition, clip_shapes, sample_joint
+from mmdiffusion.sampling.conditioning import DEFAULT_GUIDANCE
 from pipeline.shard_format import SHARD_FOLDER, encode_members, sample_key, shard_name
 from pipeline.synthetic import SOURCE_FPS, SOURCE_SAMPLE_RATE, random_scene, render_audio, render_frames
 

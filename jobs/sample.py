@@ -23,11 +23,8 @@ from mmdiffusion.device import device_settings, resolve_device
 from mmdiffusion.media import write_sample
 from mmdiffusion.pipeline import MMDiffusionPipeline
 from mmdiffusion.sampling import DEFAULT_STEPS, SAMPLERS, SR_SAMPLER, SamplerConfig, ZeroShotCondition, clip_shapes
-from mmdiffusion.sampling.conditioning import METHODS
+from mmdiffusion.sampling.conditioning import DEFAULT_GUIDANCE, METHODS
 from training.resolver import MODEL_FORMS, resolve_model
-
-DEFAULT_GUIDANCE = 1.0
-"""λ of the gradient method when none is given."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ CHANNEL_DIM: dict[str, int] = {"video": 2, "audio": 1}
 """Channel axis of each modality's layout: video `[B, F, C, H, W]`, audio `[B, C, L]`."""
 ConditionMethod = Literal["replacement", "gradient"]
 METHODS: tuple[str, ...] = ("replacement", "gradient")
+DEFAULT_GUIDANCE = 1.0
+"""λ of the gradient method when the caller names none (`mmdiff sample --guidance`)."""
 
 JointOutputs = dict[str, torch.Tensor]
 JointPredictor = Callable[[dict[str, torch.Tensor], torch.Tensor], JointOutputs]
