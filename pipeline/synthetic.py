@@ -70,12 +70,17 @@ def render_frames(scene: BallScene, seconds: float) -> np.ndarray:
     return frames
 
 
+def tone_phase(scene: BallScene, sample_rate: float, samples: int) -> np.ndarray:
+    """The phase (radians) of the height-following tone at each of `samples` samples."""
+    times = np.arange(samples) / sample_rate
+    frequency = scene.base_pitch * 2 ** ball_height(scene, times)
+    return 2 * np.pi * np.cumsum(frequency) / sample_rate
+
+
 def render_audio(scene: BallScene, seconds: float) -> np.ndarray:
     """int16 mono `[1, N]` at SOURCE_SAMPLE_RATE: a height-following tone and bounce knocks."""
     times = np.arange(int(seconds * SOURCE_SAMPLE_RATE)) / SOURCE_SAMPLE_RATE
-    frequency = scene.base_pitch * 2 ** ball_height(scene, times)
-    phase = 2 * np.pi * np.cumsum(frequency) / SOURCE_SAMPLE_RATE
-    signal = 0.25 * np.sin(phase)
+    signal = 0.25 * np.sin(tone_phase(scene, SOURCE_SAMPLE_RATE, len(times)))
     since_bounce = times % scene.bounce_seconds
     signal += 0.6 * np.exp(-since_bounce * 60) * np.sin(2 * np.pi * 90 * since_bounce)
     return (np.clip(signal, -1, 1) * 32767).astype(np.int16)[None, :]

@@ -72,3 +72,18 @@ def test_a_noised_start_needs_a_timestep_the_sampler_has(memorised, tmp_path: Pa
     ema, clip = memorised
     with pytest.raises(ValueError, match="a noised start needs a timestep >= 0"):
         lc.reconstruction(ema, clip, lc.SAMPLERS["ddim"], -1)
+
+
+@pytest.mark.parametrize("separated_by", lc.SEPARATIONS)
+def test_each_clip_set_is_told_apart_most_by_its_modality(separated_by: str) -> None:
+    """The zero-shot rows rest on this (docs/benchmarks.md): replacement steers only where the
+    condition's clips lie further apart than the generated modality's, by a wide margin."""
+    clips = lc.as_clips(*lc.ball_clips(3, 16, 2560, separated_by=separated_by))
+    distances = lc.squared_distances(clips)
+    other = "audio" if separated_by == "video" else "video"
+    assert min(distances[separated_by]) > 3 * max(distances[other]), distances
+
+
+def test_an_unknown_clip_set_is_refused() -> None:
+    with pytest.raises(ValueError, match="separated_by must be one of"):
+        lc.ball_clips(1, 16, 2560, separated_by="colour")
