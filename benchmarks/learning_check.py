@@ -419,7 +419,7 @@ def run(config: LearningCheckConfig, output: Path) -> dict:
 
     torch.manual_seed(config.seed)
     untrained = BundledModel(build_model(ema.bundle.network), ema.bundle, "untrained")
-    figure_rows: dict[str, torch.Tensor] = {"training clip 0": clips.video[0]}
+    figure_rows: dict[str, torch.Tensor] = {f"training clip {index}": clips.video[index] for index in range(len(clips))}
     for start_t in (config.start_t, None):
         where = f"t={start_t}" if start_t is not None else "noise"
         if start_t is not None:
@@ -463,8 +463,11 @@ def run(config: LearningCheckConfig, output: Path) -> dict:
                     print(key, json.dumps(results[key]), flush=True)
                     if direction == "a->v" and sampler_name == "ddim":
                         figure_rows[f"a->v {method} from {where}\n(audio of clip 0)"] = generated.video[0]
-    frame_grid(output / "learning_check_frames.png", figure_rows)
+                    if direction == "a->v" and start_t is None:
+                        for index in range(len(clips)):
+                            figure_rows[f"a->v {method} from {where}\n(audio of clip {index})"] = generated.video[index]
     (output / "learning_check.json").write_text(json.dumps(results, indent=2))
+    frame_grid(output / "learning_check_frames.png", figure_rows)
     return results
 
 
