@@ -49,7 +49,7 @@ from mmdiffusion.bundle import BundledModel
 from mmdiffusion.constants import AUDIO_SAMPLES, CLIP_SECONDS, FPS, FRAMES
 from mmdiffusion.media import AUDIO_SCALE, video_from_uint8, video_to_uint8
 from mmdiffusion.sampling import NoisedStart, SamplerConfig, ZeroShotCondition, clip_shapes, sample_joint
-from mmdiffusion.sampling.conditioning import DEFAULT_GUIDANCE
+from mmdiffusion.sampling.conditioning import DEFAULT_GUIDANCE, MODALITIES
 from pipeline.shard_format import SHARD_FOLDER, encode_members, sample_key, shard_name
 from pipeline.synthetic import SOURCE_FPS, SOURCE_SAMPLE_RATE, random_scene, render_audio, render_frames, tone_phase
 
@@ -176,7 +176,7 @@ def squared_distances(clips: Clips) -> dict[str, list[float]]:
     higher noise, and only the other modality's branch is rewarded for reading it
     (docs/benchmarks.md, *Why the coupling cannot be learnt before the high-noise end is*)."""
     result = {}
-    for name in ("video", "audio"):
+    for name in MODALITIES:
         flat = getattr(clips, name).double().flatten(1)
         pairs = [(i, j) for i in range(len(flat)) for j in range(i + 1, len(flat))]
         result[name] = [round(float((flat[i] - flat[j]).pow(2).sum()), 1) for i, j in pairs]
@@ -405,13 +405,14 @@ def run(config: LearningCheckConfig, output: Path) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     video, audio = ball_clips(config.clips, config.image_size, config.audio_length, config.seed, config.separated_by)
     clips = as_clips(video, audio)
-    print("squared distances between the clips:", json.dumps(squared_distances(clips)), flush=True)
+    distances = squared_distances(clips)
+    print("squared distances between the clips:", json.dumps(distances), flush=True)
     data = write_clip_shards(output / "data", video, audio)
     started = time.perf_counter()
     ema, raw = train_memoriser(config, data, output / "runs", f"sqlite:///{output / 'mlflow.db'}")
     results: dict = {
         "config": dataclasses.asdict(config),
-        "squared_distances": squared_distances(clips),
+        "squared_distances": distances,
         "train_seconds": time.perf_counter() - started,
     }
     print(f"trained {config.steps} steps in {results['train_seconds']:.0f} s", flush=True)
