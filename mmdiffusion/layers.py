@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +59,25 @@ def _assemble(x: torch.Tensor, skip: torch.Tensor | None, layout: Layout | None)
     return h if layout is None else layout(h)
 
 
+class Temporal(NamedTuple):
+    """A `VideoConv`'s temporal half at the head of a chain: its weight, bias and padding."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    padding: int
+
+
+def _temporal_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """A size-k convolution over the frames of `[B, C, F, H, W]` at every pixel."""
+    return F.conv3d(h, weight[..., None, None], bias, padding=(padding, 0, 0))
+
+
 def _chain_input(
     x: torch.Tensor,
     skip: torch.Tensor | None,
     layout: Layout | None,
+    temporal: Temporal | None,
+    conv_dtype: torch.dtype,
     norm: nn.GroupNorm | None,
     gn_weight: torch.Tensor | None,
     gn_bias: torch.Tensor | None,
@@ -69,46 +85,80 @@ def _chain_input(
     shift: torch.Tensor | None,
     act: bool,
 ) -> torch.Tensor:
-    """A chain's steps before its dropout: the assembled input, then, in a chain with a norm,
-    the norm, the scale-shift and the activation."""
+    """A chain's steps before its dropout: the assembled input, then, in a chain that starts
+    with a temporal convolution, that (in `conv_dtype`, as autocast would run it), then, in a
+    chain with a norm, the norm, the scale-shift and the activation."""
     h = _assemble(x, skip, layout)
+    if temporal is not None:
+        weight, bias, padding = temporal
+        h = _temporal_conv(
+            h.to(conv_dtype), weight.to(conv_dtype), None if bias is None else bias.to(conv_dtype), padding
+        )
     return h if norm is None else _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
 
 
+def _conv_dtype(h: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of `h` runs in: the autocast dtype where autocast is on, else
+    `h`'s own. Devices without autocast (`meta`, for counting) use the tensors' own dtype."""
+    device = h.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return h.dtype
+
+
 class _RecomputedChainConv(torch.autograd.Function):
-    """[concatenation with a skip input | relayout] → [GroupNorm → optional scale-shift →
-    optional SiLU] → optional dropout → convolution, keeping only the chain's inputs (and a
-    one-byte dropout mask) for the backward pass, which recomputes the cheap steps and hands
-    their output to the convolution's backward.
+    """[concatenation with a skip input | relayout] → [a `VideoConv`'s temporal half] →
+    [GroupNorm → optional scale-shift → optional SiLU] → optional dropout → convolution,
+    keeping only the chain's inputs (and a one-byte dropout mask) for the backward pass, which
+    recomputes the cheap steps and hands their output to the convolution's backward.
 
     Left to autograd, a chain keeps the norm's output, the modulated tensor, the SiLU input, a
     float dropout mask and the convolution's input: up to four and a half activations where
     one suffices. The concatenation of a U-Net decoder input with its skip, and the relayout of
     an attention output before its projection, are copies of tensors that are kept anyway (the
     skip by the encoder's next layer, the attention output by the attention's backward), so
-    keeping the parts instead costs nothing. The forward ops are the plain ones and the
-    backward runs the same kernels, so outputs and gradients are those of the unfused chain
-    (for a given dropout mask)."""
+    keeping the parts instead costs nothing. A residual block's 2d+1d convolution hands the
+    next chain its spatial output, which the temporal convolution's backward needs anyway, and
+    the temporal convolution (a third of the spatial one's work) is redone here rather than its
+    output kept. The forward ops are the plain ones and the backward runs the same kernels, so
+    outputs and gradients are those of the unfused chain (for a given dropout mask)."""
 
     @staticmethod
     def forward(
-        ctx, x, skip, layout, norm, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
+        ctx,
+        x,
+        skip,
+        layout,
+        temporal_weight,
+        temporal_bias,
+        temporal_padding,
+        norm,
+        gn_weight,
+        gn_bias,
+        scale,
+        shift,
+        act,
+        drop,
+        weight,
+        bias,
+        padding,
+        dilation,
     ):  # type: ignore[override]
-        h = _chain_input(x, skip, layout, norm, gn_weight, gn_bias, scale, shift, act)
+        # Under autocast the convolutions run in the autocast dtype, as the plain chain's would;
+        # the backward pass (which runs without autocast) uses the same dtype.
+        ctx.conv_dtype = _conv_dtype(x)
+        ctx.temporal_padding = temporal_padding
+        temporal = None if temporal_weight is None else Temporal(temporal_weight, temporal_bias, temporal_padding)
+        h = _chain_input(x, skip, layout, temporal, ctx.conv_dtype, norm, gn_weight, gn_bias, scale, shift, act)
         mask = None
         if drop > 0:
             mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - drop)
             h = h * mask / (1 - drop)
         ctx.layout, ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = layout, norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        ctx.save_for_backward(x, skip, gn_weight, gn_bias, scale, shift, mask, weight)
-        # Under autocast the convolution runs in the autocast dtype, as the plain chain's would;
-        # the backward pass (which runs without autocast) uses the same dtype.
-        # Devices without autocast (`meta`, for counting) run in the tensors' own dtype.
+        ctx.save_for_backward(x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, mask, weight)
         device = x.device.type
         has_autocast = torch.amp.is_autocast_available(device)
-        autocast_on = has_autocast and torch.is_autocast_enabled(device)
-        ctx.conv_dtype = torch.get_autocast_dtype(device) if autocast_on else h.dtype
         with torch.autocast(device, enabled=False) if has_autocast else contextlib.nullcontext():
             return torch.ops.aten.convolution(
                 h.to(ctx.conv_dtype),
@@ -124,18 +174,22 @@ class _RecomputedChainConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, skip, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
+        x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        chain_inputs = [x, skip, gn_weight, gn_bias, scale, shift]
-        chain_needs = [needs[0], needs[1], *needs[4:8]]
+        chain_inputs = [x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift]
+        chain_needs = [needs[0], needs[1], needs[3], needs[4], *needs[7:11]]
         leaves = [
             None if t is None else t.detach().requires_grad_(n) for t, n in zip(chain_inputs, chain_needs, strict=True)
         ]
+        x_leaf, skip_leaf, temporal_weight_leaf, temporal_bias_leaf, *norm_leaves = leaves
+        temporal = None
+        if temporal_weight is not None:
+            temporal = Temporal(temporal_weight_leaf, temporal_bias_leaf, ctx.temporal_padding)
+        dtype = ctx.conv_dtype
         with torch.enable_grad():
-            h = _chain_input(leaves[0], leaves[1], ctx.layout, ctx.norm, *leaves[2:], act=ctx.act)
+            h = _chain_input(x_leaf, skip_leaf, ctx.layout, temporal, dtype, ctx.norm, *norm_leaves, act=ctx.act)
             if mask is not None:
                 h = h * mask / (1 - ctx.drop)
-        dtype = ctx.conv_dtype
         grad_h, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad.to(dtype),
             h.detach().to(dtype),
@@ -147,16 +201,31 @@ class _RecomputedChainConv(torch.autograd.Function):
             False,
             [0] * len(ctx.padding),
             1,
-            [any(chain_needs), needs[10], needs[11] and ctx.bias_sizes is not None],
+            [any(chain_needs), needs[13], needs[14] and ctx.bias_sizes is not None],
         )
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
         wanted = [t for t, n in zip(leaves, chain_needs, strict=True) if n and t is not None]
         found = iter(torch.autograd.grad(h, wanted, grad_h.to(h.dtype)) if wanted else ())
-        grad_x, grad_skip, *grad_norm = [
+        grad_x, grad_skip, grad_temporal_weight, grad_temporal_bias, *grad_norm = [
             next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)
         ]
-        return grad_x, grad_skip, None, None, *grad_norm, None, None, grad_weight, grad_bias, None, None
+        return (
+            grad_x,
+            grad_skip,
+            None,
+            grad_temporal_weight,
+            grad_temporal_bias,
+            None,
+            None,
+            *grad_norm,
+            None,
+            None,
+            grad_weight,
+            grad_bias,
+            None,
+            None,
+        )
 
 
 def _conv_parts(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, list[int], list[int]]:
@@ -178,23 +247,41 @@ def _chain_conv(
     shift: torch.Tensor | None,
     dropout: nn.Dropout | None,
     act: bool,
+    temporal_first: VideoConv | None = None,
+    spatial_only: bool = False,
 ) -> torch.Tensor:
     """The chain of `_RecomputedChainConv` (its plain ops when no gradient is recorded), with a
-    `VideoConv`'s temporal half applied after it."""
+    `VideoConv`'s temporal half applied after it unless `spatial_only`."""
     drop = dropout.p if dropout is not None and dropout.training else 0.0
     gn = None if norm is None else norm.GroupNorm
     gn_weight, gn_bias = (None, None) if gn is None else (gn.weight, gn.bias)
+    temporal = None if temporal_first is None else temporal_first.temporal_half()
     if not torch.is_grad_enabled():
-        h = _chain_input(x, skip, layout, gn, gn_weight, gn_bias, scale, shift, act)
-        return conv(F.dropout(h, drop, training=True) if drop else h)
+        h = _chain_input(x, skip, layout, temporal, _conv_dtype(x), gn, gn_weight, gn_bias, scale, shift, act)
+        h = F.dropout(h, drop, training=True) if drop else h
+        return conv.spatial(h) if spatial_only else conv(h)
     weight, bias, padding, dilation = _conv_parts(conv)
+    temporal_weight, temporal_bias, temporal_padding = (None, None, 0) if temporal is None else temporal
     out = _RecomputedChainConv.apply(
-        x, skip, layout, gn, gn_weight, gn_bias, scale, shift, act, drop, weight, bias, padding, dilation
+        x,
+        skip,
+        layout,
+        temporal_weight,
+        temporal_bias,
+        temporal_padding,
+        gn,
+        gn_weight,
+        gn_bias,
+        scale,
+        shift,
+        act,
+        drop,
+        weight,
+        bias,
+        padding,
+        dilation,
     )
-    if isinstance(conv, VideoConv):
-        temporal = conv.video_conv_temporal
-        out = F.conv3d(out, temporal.weight[..., None, None], temporal.bias, padding=(conv.padding, 0, 0))
-    return out
+    return conv.temporal(out) if isinstance(conv, VideoConv) and not spatial_only else out
 
 
 def norm_act_conv(
@@ -206,13 +293,20 @@ def norm_act_conv(
     dropout: nn.Dropout | None = None,
     act: bool = True,
     skip: torch.Tensor | None = None,
+    temporal_first: VideoConv | None = None,
+    spatial_only: bool = False,
 ) -> torch.Tensor:
     """`conv(dropout(silu(norm(x) * (1 + scale) + shift)))` (without scale-shift when they are
     None, without SiLU when not `act`; `x` concatenated with `skip` along the channels first
     when given) with the concatenation, norm and activation recomputed in the backward pass
     instead of stored (see `_RecomputedChainConv`). `conv` is a `VideoConv`, `Video3dConv`,
-    `AudioConv` or a plain convolution."""
-    return _chain_conv(conv, x, skip, None, norm, scale, shift, dropout, act)
+    `AudioConv` or a plain convolution.
+
+    A residual block's two chains can split its `VideoConv` between them: the first with
+    `spatial_only` stops after the spatial half, the second, given that conv as
+    `temporal_first`, starts with the temporal half (recomputed in the backward pass, like the
+    norm)."""
+    return _chain_conv(conv, x, skip, None, norm, scale, shift, dropout, act, temporal_first, spatial_only)
 
 
 def lean_input_conv(
@@ -242,10 +336,18 @@ class VideoConv(nn.Module):
         self.video_conv_spatial = nn.Conv2d(in_channels, out_channels, kernel_size, padding=self.padding)
         self.video_conv_temporal = nn.Conv1d(out_channels, out_channels, kernel_size, padding=self.padding)
 
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = self.video_conv_spatial
+        return F.conv3d(x, spatial.weight.unsqueeze(2), spatial.bias, padding=(0, self.padding, self.padding))
+
+    def temporal_half(self) -> Temporal:
+        return Temporal(self.video_conv_temporal.weight, self.video_conv_temporal.bias, self.padding)
+
+    def temporal(self, x: torch.Tensor) -> torch.Tensor:
+        return _temporal_conv(x, *self.temporal_half())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial, temporal = self.video_conv_spatial, self.video_conv_temporal
-        x = F.conv3d(x, spatial.weight.unsqueeze(2), spatial.bias, padding=(0, self.padding, self.padding))
-        return F.conv3d(x, temporal.weight[..., None, None], temporal.bias, padding=(self.padding, 0, 0))
+        return self.temporal(self.spatial(x))
 
 
 class Video3dConv(nn.Module):

@@ -95,11 +95,16 @@ class CoupledResBlock(nn.Module):
             return video_upsample(video), audio_upsample(audio)
         return video, audio
 
-    def _modulate(self, out_layers: nn.Sequential, h: torch.Tensor, emb_out: torch.Tensor) -> torch.Tensor:
+    def _modulate(
+        self, out_layers: nn.Sequential, h: torch.Tensor, emb_out: torch.Tensor, temporal_first: VideoConv | None = None
+    ) -> torch.Tensor:
+        """The output layers on `h` (with `temporal_first`, `h` is that conv's spatial output)."""
         emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))).to(h.dtype)
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            return norm_act_conv(out_layers[0], h, out_layers[3], scale, shift, dropout=out_layers[2])
+            return norm_act_conv(
+                out_layers[0], h, out_layers[3], scale, shift, dropout=out_layers[2], temporal_first=temporal_first
+            )
         return norm_act_conv(out_layers[0], h + emb_out, out_layers[3], dropout=out_layers[2])
 
     def forward(
@@ -114,13 +119,17 @@ class CoupledResBlock(nn.Module):
         if skip is not None and self.resample is not None:
             raise ValueError("a resampling block takes no skip input")
         skip_v, skip_a = (None, None) if skip is None else skip
-        hv = norm_act_conv(self.video_in_layers[0], video, self.video_in_layers[2], skip=skip_v)
+        # Without resampling between them, the output layers start with the input layers'
+        # temporal convolution: its output is then not kept for the backward pass.
+        video_conv = self.video_in_layers[2]
+        split = self.resample is None and self.use_scale_shift_norm
+        hv = norm_act_conv(self.video_in_layers[0], video, video_conv, skip=skip_v, spatial_only=split)
         ha = norm_act_conv(self.audio_in_layers[0], audio, self.audio_in_layers[2], skip=skip_a)
         hv, ha = self._resample(hv, ha)
         video, audio = self._resample(video, audio)
         emb_out = self.emb_layers(emb)
         video = lean_input_conv(self.video_skip_connection, video, skip_v) + self._modulate(
-            self.video_out_layers, hv, emb_out
+            self.video_out_layers, hv, emb_out, temporal_first=video_conv if split else None
         )
         audio = lean_input_conv(self.audio_skip_connection, audio, skip_a) + self._modulate(
             self.audio_out_layers, ha, emb_out

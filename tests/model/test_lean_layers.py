@@ -133,3 +133,50 @@ def test_a_decoder_block_keeps_the_skip_apart_at_no_cost_in_results() -> None:
     for got, want in zip(lean_grads, torch.autograd.grad(plain, leaves, upstream), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not [t for t in saved if tuple(t.shape[:2]) == (1, 64)], "a concatenation of input and skip was kept"
+
+
+def plain_res_block(block: CoupledResBlock, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple:
+    """A scale-shift residual block (no resampling, no attention) in plain modules and ops."""
+    emb_out = block.emb_layers(emb)
+
+    def out(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        scale, shift = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))).to(h.dtype).chunk(2, dim=1)
+        return layers[3](layers[2](layers[1](layers[0](h) * (1 + scale) + shift)))
+
+    return (
+        block.video_skip_connection(video) + out(block.video_out_layers, block.video_in_layers(video)),
+        block.audio_skip_connection(audio) + out(block.audio_out_layers, block.audio_in_layers(audio)),
+    )
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_block_hands_its_temporal_convolution_to_the_output_layers_at_no_cost_in_results(bf16: bool) -> None:
+    """The output layers start with the input layers' temporal convolution, so the block keeps
+    that convolution's input (the spatial output) but not its output; outputs and gradients are
+    the plain block's bit for bit, under autocast too."""
+    torch.manual_seed(0)
+    block = CoupledResBlock(64, 96, 16, dropout=0.0, audio_dilation=2, num_heads=2)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.normal_(0, 0.2)
+    video, audio = torch.randn(1, 64, 4, 6, 6, requires_grad=True), torch.randn(1, 64, 24, requires_grad=True)
+    emb = torch.randn(1, 16)
+    leaves = [video, audio, *block.parameters()]
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        kept.setdefault(tensor.untyped_storage()._cdata, tensor)
+        return tensor
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            lean = block(video, audio, emb)
+        plain = plain_res_block(block, video, audio, emb)
+    upstream = [torch.randn_like(out) for out in lean]
+    assert all(torch.equal(a, b) for a, b in zip(lean, plain, strict=True))
+    for got, want in zip(
+        torch.autograd.grad(lean, leaves, upstream), torch.autograd.grad(plain, leaves, upstream), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    video_activations = [t for t in kept.values() if t.shape == (1, 96, 4, 6, 6)]
+    assert len(video_activations) == 1, "both the temporal convolution's input and its output were kept"
