@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmdiffusion import CoupledUNet, CoupledUNetConfig, DiffusionConfig, GaussianDiffusion
+from training.host_memory import release_freed_host_memory
 
 VARIANTS = {
     "fp32": {"checkpointing": False, "bf16": False},
@@ -55,6 +56,7 @@ def measure(variant: str, steps: int) -> dict:
         with counter if index == 0 else contextlib.nullcontext():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options["bf16"]):
                 loss = diffusion.joint_loss(model, video, audio, diffusion.sample_timesteps(1))["loss"].mean()
+            release_freed_host_memory(torch.device("cpu"))  # as training's step does
             loss.backward()
         middle = time.perf_counter()
         optimizer.step()

@@ -28,6 +28,7 @@ from pipeline.credentials import redact
 from training.config import TrainConfig
 from training.ema import EMA
 from training.faults import CrashDrill
+from training.host_memory import release_freed_host_memory
 from training.loader import ClipLoader, DataPosition
 from training.metrics import IntervalMetrics, StepTally, sum_over_workers
 from training.resolver import resolve_model
@@ -317,6 +318,7 @@ def _train_step(
             finite = torch.isfinite(loss)
             bad_loss |= ~finite
             poison = torch.where(finite, 1.0, math.nan)
+            release_freed_host_memory(session.device)
             scaler.scale(loss * poison / config.grad_accum).backward()
         interval.add(losses, task.diffusion.quartile(t), config.batch_size)
     scaler.unscale_(optimizer)
