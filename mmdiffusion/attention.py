@@ -10,7 +10,6 @@ there is no Python loop over frames.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -19,7 +18,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, lean_input_conv, norm_act_conv, zero_init
+from mmdiffusion.layers import (
+    AudioConv,
+    GroupNorm32,
+    Video3dConv,
+    autocast_context,
+    autocast_state,
+    lean_input_conv,
+    norm_act_conv,
+    zero_init,
+)
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,18 +75,6 @@ kernel's backward is called directly, and `meta`, so that counting traces see wh
 keeps. Elsewhere the attention is left to autograd (which keeps q, k and v)."""
 
 
-def _autocast_context(device: str, state: tuple[bool, torch.dtype] | None) -> contextlib.AbstractContextManager:
-    """Autocast as it was when `state` was read (see `_autocast_state`); nothing on devices
-    without autocast."""
-    return contextlib.nullcontext() if state is None else torch.autocast(device, dtype=state[1], enabled=state[0])
-
-
-def _autocast_state(device: str) -> tuple[bool, torch.dtype] | None:
-    if not torch.amp.is_autocast_available(device):
-        return None
-    return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-
-
 class RecomputedProjectionAttention(torch.autograd.Function):
     """Attention calls whose q, k and v are recomputed in the backward pass from the
     projection's inputs instead of kept.
@@ -101,7 +97,7 @@ class RecomputedProjectionAttention(torch.autograd.Function):
     def forward(ctx, project: Projection, count: int, *tensors: torch.Tensor):  # type: ignore[override]
         inputs = tensors[:count]
         device = inputs[0].device.type
-        ctx.project, ctx.count, ctx.autocast = project, count, _autocast_state(device)
+        ctx.project, ctx.count, ctx.autocast = project, count, autocast_state(device)
         results = [torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v) for q, k, v in project(*inputs)]
         outs = [out for out, _ in results]
         ctx.save_for_backward(*tensors, *outs, *(lse for _, lse in results))
@@ -120,7 +116,7 @@ class RecomputedProjectionAttention(torch.autograd.Function):
             t.detach().requires_grad_(need) for t, need in zip(tensors[: ctx.count], needs[: ctx.count], strict=True)
         ]
         device = tensors[0].device.type
-        with torch.enable_grad(), _autocast_context(device, ctx.autocast):
+        with torch.enable_grad(), autocast_context(device, ctx.autocast):
             triples = ctx.project(*leaves)
         qkv_grads = []
         for (q, k, v), out, lse, grad in zip(triples, outs, lses, grads, strict=True):

@@ -49,12 +49,13 @@ def _norm_act(
 
 
 Layout = Callable[[torch.Tensor], torch.Tensor]
-"""A pure relayout (a rearrange) of a chain's input, redone in the backward pass."""
+"""An op without parameters on a chain's input (a rearrange, a resampling), redone in the
+backward pass."""
 
 
 def _assemble(x: torch.Tensor, skip: torch.Tensor | None, layout: Layout | None) -> torch.Tensor:
     """A chain's convolution input before its norm: `x`, concatenated with `skip` along the
-    channels, then relaid out."""
+    channels, then through `layout`."""
     h = x if skip is None else torch.cat([x, skip], dim=1)
     return h if layout is None else layout(h)
 
@@ -97,6 +98,23 @@ def _chain_input(
     return h if norm is None else _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
 
 
+AutocastState = tuple[bool, torch.dtype] | None
+"""Whether autocast is on for a device and its dtype; None on devices without autocast."""
+
+
+def autocast_state(device: str) -> AutocastState:
+    """The autocast state of `device`, for a backward pass to recompute its forward under (the
+    backward pass runs without autocast)."""
+    if not torch.amp.is_autocast_available(device):
+        return None
+    return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def autocast_context(device: str, state: AutocastState) -> contextlib.AbstractContextManager:
+    """Autocast as it was when `state` was read; nothing on devices without autocast."""
+    return contextlib.nullcontext() if state is None else torch.autocast(device, dtype=state[1], enabled=state[0])
+
+
 def _conv_dtype(h: torch.Tensor) -> torch.dtype:
     """The dtype a convolution of `h` runs in: the autocast dtype where autocast is on, else
     `h`'s own. Devices without autocast (`meta`, for counting) use the tensors' own dtype."""
@@ -106,11 +124,44 @@ def _conv_dtype(h: torch.Tensor) -> torch.dtype:
     return h.dtype
 
 
+def _generator_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the default generator that draws on `device` (None on `meta`, which draws
+    no numbers)."""
+    if device.type == "meta":
+        return None
+    if device.type == "cpu":
+        return torch.get_rng_state()
+    return torch.get_device_module(device.type).get_rng_state(device)
+
+
+def _keep_mask(like: torch.Tensor, keep: float) -> torch.Tensor:
+    """A dropout's mask: True where an element is kept, with probability `keep`."""
+    return torch.empty_like(like, dtype=torch.bool).bernoulli_(keep)
+
+
+def _redrawn_keep_mask(like: torch.Tensor, keep: float, state: torch.Tensor | None) -> torch.Tensor:
+    """The `_keep_mask` the generator drew from `state`, drawn again; the generator's own
+    position is left where it was (as `torch.utils.checkpoint` does for its recomputation)."""
+    device = like.device
+    if state is None:
+        return _keep_mask(like, keep)
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(
+        devices=[device] if accelerator else [], device_type=device.type if accelerator else None
+    ):
+        if accelerator:
+            torch.get_device_module(device.type).set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        return _keep_mask(like, keep)
+
+
 class _RecomputedChainConv(torch.autograd.Function):
-    """[concatenation with a skip input | relayout] → [a `VideoConv`'s temporal half] →
+    """[concatenation with a skip input | relayout or resampling] → [a `VideoConv`'s temporal half] →
     [GroupNorm → optional scale-shift → optional SiLU] → optional dropout → convolution,
-    keeping only the chain's inputs (and a one-byte dropout mask) for the backward pass, which
-    recomputes the cheap steps and hands their output to the convolution's backward.
+    keeping only the chain's inputs for the backward pass, which recomputes the cheap steps
+    (the dropout mask drawn again from the generator state it was drawn from) and hands their
+    output to the convolution's backward.
 
     Left to autograd, a chain keeps the norm's output, the modulated tensor, the SiLU input, a
     float dropout mask and the convolution's input: up to four and a half activations where
@@ -147,16 +198,17 @@ class _RecomputedChainConv(torch.autograd.Function):
         # Under autocast the convolutions run in the autocast dtype, as the plain chain's would;
         # the backward pass (which runs without autocast) uses the same dtype.
         ctx.conv_dtype = _conv_dtype(x)
+        ctx.autocast = autocast_state(x.device.type)
         ctx.temporal_padding = temporal_padding
         temporal = None if temporal_weight is None else Temporal(temporal_weight, temporal_bias, temporal_padding)
         h = _chain_input(x, skip, layout, temporal, ctx.conv_dtype, norm, gn_weight, gn_bias, scale, shift, act)
-        mask = None
+        ctx.generator_state = None
         if drop > 0:
-            mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - drop)
-            h = h * mask / (1 - drop)
+            ctx.generator_state = _generator_state(h.device)
+            h = h * _keep_mask(h, 1 - drop) / (1 - drop)
         ctx.layout, ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = layout, norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        ctx.save_for_backward(x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, mask, weight)
+        ctx.save_for_backward(x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, weight)
         device = x.device.type
         has_autocast = torch.amp.is_autocast_available(device)
         with torch.autocast(device, enabled=False) if has_autocast else contextlib.nullcontext():
@@ -174,7 +226,7 @@ class _RecomputedChainConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, mask, weight = ctx.saved_tensors
+        x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         chain_inputs = [x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift]
         chain_needs = [needs[0], needs[1], needs[3], needs[4], *needs[7:11]]
@@ -186,10 +238,10 @@ class _RecomputedChainConv(torch.autograd.Function):
         if temporal_weight is not None:
             temporal = Temporal(temporal_weight_leaf, temporal_bias_leaf, ctx.temporal_padding)
         dtype = ctx.conv_dtype
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast_context(x.device.type, ctx.autocast):
             h = _chain_input(x_leaf, skip_leaf, ctx.layout, temporal, dtype, ctx.norm, *norm_leaves, act=ctx.act)
-            if mask is not None:
-                h = h * mask / (1 - ctx.drop)
+            if ctx.drop > 0:
+                h = h * _redrawn_keep_mask(h, 1 - ctx.drop, ctx.generator_state) / (1 - ctx.drop)
         grad_h, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad.to(dtype),
             h.detach().to(dtype),
@@ -295,18 +347,20 @@ def norm_act_conv(
     skip: torch.Tensor | None = None,
     temporal_first: VideoConv | None = None,
     spatial_only: bool = False,
+    layout: Layout | None = None,
 ) -> torch.Tensor:
     """`conv(dropout(silu(norm(x) * (1 + scale) + shift)))` (without scale-shift when they are
     None, without SiLU when not `act`; `x` concatenated with `skip` along the channels first
-    when given) with the concatenation, norm and activation recomputed in the backward pass
-    instead of stored (see `_RecomputedChainConv`). `conv` is a `VideoConv`, `Video3dConv`,
+    when given, then passed through `layout`, a shape-changing op without parameters such as a
+    resampling) with the concatenation, layout, norm and activation recomputed in the backward
+    pass instead of stored (see `_RecomputedChainConv`). `conv` is a `VideoConv`, `Video3dConv`,
     `AudioConv` or a plain convolution.
 
     A residual block's two chains can split its `VideoConv` between them: the first with
     `spatial_only` stops after the spatial half, the second, given that conv as
     `temporal_first`, starts with the temporal half (recomputed in the backward pass, like the
     norm)."""
-    return _chain_conv(conv, x, skip, None, norm, scale, shift, dropout, act, temporal_first, spatial_only)
+    return _chain_conv(conv, x, skip, layout, norm, scale, shift, dropout, act, temporal_first, spatial_only)
 
 
 def lean_input_conv(

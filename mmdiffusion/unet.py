@@ -21,6 +21,7 @@ from mmdiffusion.config import CoupledUNetConfig
 from mmdiffusion.layers import (
     AudioConv,
     GroupNorm32,
+    Layout,
     Video3dConv,
     VideoConv,
     audio_downsample,
@@ -88,23 +89,39 @@ class CoupledResBlock(nn.Module):
         if audio_attention:
             self.audio_attention_block = SelfAttention(out_channels, num_heads)
 
-    def _resample(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _resamplers(self) -> tuple[Layout | None, Layout | None]:
+        """The block's video and audio resampling, None without one."""
         if self.resample == "down":
-            return video_downsample(video), audio_downsample(audio)
+            return video_downsample, audio_downsample
         if self.resample == "up":
-            return video_upsample(video), audio_upsample(audio)
-        return video, audio
+            return video_upsample, audio_upsample
+        return None, None
 
     def _modulate(
-        self, out_layers: nn.Sequential, h: torch.Tensor, emb_out: torch.Tensor, temporal_first: VideoConv | None = None
+        self,
+        out_layers: nn.Sequential,
+        h: torch.Tensor,
+        emb_out: torch.Tensor,
+        temporal_first: VideoConv | None = None,
+        resample: Layout | None = None,
     ) -> torch.Tensor:
-        """The output layers on `h` (with `temporal_first`, `h` is that conv's spatial output)."""
+        """The output layers on `h` (with `temporal_first`, `h` is that conv's spatial output;
+        with `resample`, `h` before the resampling, which the backward pass then redoes instead
+        of keeping the resampled `h`)."""
         emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))).to(h.dtype)
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             return norm_act_conv(
-                out_layers[0], h, out_layers[3], scale, shift, dropout=out_layers[2], temporal_first=temporal_first
+                out_layers[0],
+                h,
+                out_layers[3],
+                scale,
+                shift,
+                dropout=out_layers[2],
+                temporal_first=temporal_first,
+                layout=resample,
             )
+        h = h if resample is None else resample(h)
         return norm_act_conv(out_layers[0], h + emb_out, out_layers[3], dropout=out_layers[2])
 
     def forward(
@@ -125,14 +142,26 @@ class CoupledResBlock(nn.Module):
         split = self.resample is None and self.use_scale_shift_norm
         hv = norm_act_conv(self.video_in_layers[0], video, video_conv, skip=skip_v, spatial_only=split)
         ha = norm_act_conv(self.audio_in_layers[0], audio, self.audio_in_layers[2], skip=skip_a)
-        hv, ha = self._resample(hv, ha)
-        video, audio = self._resample(video, audio)
+        # An upsampled activation is four times its input, and nearest upsampling gives the
+        # input's dtype under autocast too: the output layers redo it in their backward pass
+        # instead of keeping it. A downsampled one is a quarter of its input (which the
+        # pooling's backward keeps anyway) and is kept as it is.
+        resample_video, resample_audio = self._resamplers()
+        deferred = self.resample == "up"
+        if resample_video is not None:
+            video, audio = resample_video(video), resample_audio(audio)
+            if not deferred:
+                hv, ha = resample_video(hv), resample_audio(ha)
         emb_out = self.emb_layers(emb)
         video = lean_input_conv(self.video_skip_connection, video, skip_v) + self._modulate(
-            self.video_out_layers, hv, emb_out, temporal_first=video_conv if split else None
+            self.video_out_layers,
+            hv,
+            emb_out,
+            temporal_first=video_conv if split else None,
+            resample=resample_video if deferred else None,
         )
         audio = lean_input_conv(self.audio_skip_connection, audio, skip_a) + self._modulate(
-            self.audio_out_layers, ha, emb_out
+            self.audio_out_layers, ha, emb_out, resample=resample_audio if deferred else None
         )
         if hasattr(self, "spatial_attention_block"):
             _, _, frames, height, width = video.shape

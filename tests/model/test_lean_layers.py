@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdiffusion.layers import AudioConv, GroupNorm32, Video3dConv, VideoConv, lean_input_conv, norm_act_conv
+from mmdiffusion.layers import (
+    AudioConv,
+    GroupNorm32,
+    Video3dConv,
+    VideoConv,
+    audio_downsample,
+    audio_upsample,
+    lean_input_conv,
+    norm_act_conv,
+    video_downsample,
+    video_upsample,
+)
 from mmdiffusion.unet import CoupledResBlock
 
 
@@ -56,6 +67,27 @@ def test_recomputed_chain_equals_the_plain_one(kind: str, modulated: bool, drop:
     assert torch.equal(lean, plain)
     for got, want in zip(lean_grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_dropout_chain_keeps_no_mask_and_leaves_the_generator_where_the_plain_chain_does() -> None:
+    """The backward pass draws the mask again from the state it was first drawn from, so none
+    is kept, and the numbers drawn after the step are those drawn after the plain chain's."""
+    torch.manual_seed(0)
+    conv, x, _ = video_or_audio("video2d+1d")
+    norm = GroupNorm32(64)
+    x.requires_grad_()
+    saved: list[torch.Tensor] = []
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = norm_act_conv(norm, x, conv, dropout=nn.Dropout(0.3))
+    upstream = torch.randn_like(out)  # the generator moves on between forward and backward
+    out.backward(upstream)
+    after_lean = torch.rand(8)
+    torch.manual_seed(1)
+    torch.empty_like(x, dtype=torch.bool).bernoulli_(0.7)  # the plain chain's one draw
+    torch.randn_like(out)
+    assert torch.equal(after_lean, torch.rand(8))
+    assert saved and not any(t.dtype == torch.bool for t in saved)
 
 
 def test_the_recomputed_chain_runs_on_the_meta_device() -> None:
@@ -135,32 +167,32 @@ def test_a_decoder_block_keeps_the_skip_apart_at_no_cost_in_results() -> None:
     assert not [t for t in saved if tuple(t.shape[:2]) == (1, 64)], "a concatenation of input and skip was kept"
 
 
+RESAMPLING = {"up": (video_upsample, audio_upsample), "down": (video_downsample, audio_downsample)}
+
+
 def plain_res_block(block: CoupledResBlock, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple:
-    """A scale-shift residual block (no resampling, no attention) in plain modules and ops."""
+    """A scale-shift residual block (no attention) in plain modules and ops."""
     emb_out = block.emb_layers(emb)
+    hv, ha = block.video_in_layers(video), block.audio_in_layers(audio)
+    if block.resample is not None:
+        resample_video, resample_audio = RESAMPLING[block.resample]
+        hv, ha, video, audio = resample_video(hv), resample_audio(ha), resample_video(video), resample_audio(audio)
 
     def out(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
         scale, shift = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))).to(h.dtype).chunk(2, dim=1)
         return layers[3](layers[2](layers[1](layers[0](h) * (1 + scale) + shift)))
 
     return (
-        block.video_skip_connection(video) + out(block.video_out_layers, block.video_in_layers(video)),
-        block.audio_skip_connection(audio) + out(block.audio_out_layers, block.audio_in_layers(audio)),
+        block.video_skip_connection(video) + out(block.video_out_layers, hv),
+        block.audio_skip_connection(audio) + out(block.audio_out_layers, ha),
     )
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_a_block_hands_its_temporal_convolution_to_the_output_layers_at_no_cost_in_results(bf16: bool) -> None:
-    """The output layers start with the input layers' temporal convolution, so the block keeps
-    that convolution's input (the spatial output) but not its output; outputs and gradients are
-    the plain block's bit for bit, under autocast too."""
-    torch.manual_seed(0)
-    block = CoupledResBlock(64, 96, 16, dropout=0.0, audio_dilation=2, num_heads=2)
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.normal_(0, 0.2)
-    video, audio = torch.randn(1, 64, 4, 6, 6, requires_grad=True), torch.randn(1, 64, 24, requires_grad=True)
-    emb = torch.randn(1, 16)
+def assert_lean_equals_plain(
+    block: CoupledResBlock, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor, bf16: bool
+) -> dict[int, torch.Tensor]:
+    """The block's outputs and gradients are the plain block's bit for bit (under bf16 autocast
+    where asked); returns the tensors the block kept for its backward pass, one per storage."""
     leaves = [video, audio, *block.parameters()]
     kept: dict[int, torch.Tensor] = {}
 
@@ -178,5 +210,40 @@ def test_a_block_hands_its_temporal_convolution_to_the_output_layers_at_no_cost_
         torch.autograd.grad(lean, leaves, upstream), torch.autograd.grad(plain, leaves, upstream), strict=True
     ):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+    return kept
+
+
+def random_block(in_channels: int, out_channels: int, **kwargs) -> CoupledResBlock:
+    torch.manual_seed(0)
+    block = CoupledResBlock(in_channels, out_channels, 16, dropout=0.0, audio_dilation=2, num_heads=2, **kwargs)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.normal_(0, 0.2)
+    return block
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_block_hands_its_temporal_convolution_to_the_output_layers_at_no_cost_in_results(bf16: bool) -> None:
+    """The output layers start with the input layers' temporal convolution, so the block keeps
+    that convolution's input (the spatial output) but not its output; outputs and gradients are
+    the plain block's bit for bit, under autocast too."""
+    block = random_block(64, 96)
+    video, audio = torch.randn(1, 64, 4, 6, 6, requires_grad=True), torch.randn(1, 64, 24, requires_grad=True)
+    kept = assert_lean_equals_plain(block, video, audio, torch.randn(1, 16), bf16)
     video_activations = [t for t in kept.values() if t.shape == (1, 96, 4, 6, 6)]
     assert len(video_activations) == 1, "both the temporal convolution's input and its output were kept"
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("resample", ["up", "down"])
+def test_a_resampling_block_keeps_its_input_layers_output_at_the_smaller_size(resample: str, bf16: bool) -> None:
+    """An upsampling block's output layers take the input layers' output before the
+    upsampling and redo it in the backward pass; a downsampling block keeps the pooled output
+    (the pooling keeps its input anyway). Outputs and gradients are the plain block's bit for
+    bit, under autocast too."""
+    block = random_block(64, 64, resample=resample)
+    video, audio = torch.randn(1, 64, 4, 6, 6, requires_grad=True), torch.randn(1, 64, 32, requires_grad=True)
+    kept = assert_lean_equals_plain(block, video, audio, torch.randn(1, 16), bf16)
+    larger = [(1, 64, 4, 12, 12), (1, 64, 128)] if resample == "up" else [(1, 64, 4, 6, 6), (1, 64, 32)]
+    kept_larger = [tuple(t.shape) for t in kept.values() if tuple(t.shape) in larger]
+    assert len(kept_larger) == (0 if resample == "up" else 4), kept_larger
