@@ -41,11 +41,14 @@ def _norm_act(
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
     act: bool = True,
+    in_place: bool = False,
 ) -> torch.Tensor:
+    """The norm, scale-shift and SiLU; `in_place` (where no graph is recorded) runs the last two
+    on the norm's output buffer, the same kernels without two more activations in memory."""
     h = F.group_norm(x.float(), norm.num_groups, weight.float(), bias.float(), norm.eps).to(x.dtype)
     if scale is not None:
-        h = h * (1 + scale) + shift
-    return F.silu(h) if act else h
+        h = h.mul_(1 + scale).add_(shift) if in_place else h * (1 + scale) + shift
+    return F.silu(h, inplace=in_place) if act else h
 
 
 Layout = Callable[[torch.Tensor], torch.Tensor]
@@ -85,17 +88,19 @@ def _chain_input(
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
     act: bool,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """A chain's steps before its dropout: the assembled input, then, in a chain that starts
     with a temporal convolution, that (in `conv_dtype`, as autocast would run it), then, in a
-    chain with a norm, the norm, the scale-shift and the activation."""
+    chain with a norm, the norm, the scale-shift and the activation (see `_norm_act` for
+    `in_place`)."""
     h = _assemble(x, skip, layout)
     if temporal is not None:
         weight, bias, padding = temporal
         h = _temporal_conv(
             h.to(conv_dtype), weight.to(conv_dtype), None if bias is None else bias.to(conv_dtype), padding
         )
-    return h if norm is None else _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act)
+    return h if norm is None else _norm_act(h, norm, gn_weight, gn_bias, scale, shift, act, in_place)
 
 
 AutocastState = tuple[bool, torch.dtype] | None
@@ -201,11 +206,15 @@ class _RecomputedChainConv(torch.autograd.Function):
         ctx.autocast = autocast_state(x.device.type)
         ctx.temporal_padding = temporal_padding
         temporal = None if temporal_weight is None else Temporal(temporal_weight, temporal_bias, temporal_padding)
-        h = _chain_input(x, skip, layout, temporal, ctx.conv_dtype, norm, gn_weight, gn_bias, scale, shift, act)
+        h = _chain_input(
+            x, skip, layout, temporal, ctx.conv_dtype, norm, gn_weight, gn_bias, scale, shift, act, in_place=True
+        )
         ctx.generator_state = None
         if drop > 0:
             ctx.generator_state = _generator_state(h.device)
-            h = h * _keep_mask(h, 1 - drop) / (1 - drop)
+            mask = _keep_mask(h, 1 - drop)
+            # With a norm, `h` is the chain's own buffer (see `_norm_act`), else maybe its input.
+            h = h.mul_(mask).div_(1 - drop) if norm is not None else h * mask / (1 - drop)
         ctx.layout, ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = layout, norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         ctx.save_for_backward(x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, weight)
@@ -239,12 +248,19 @@ class _RecomputedChainConv(torch.autograd.Function):
             temporal = Temporal(temporal_weight_leaf, temporal_bias_leaf, ctx.temporal_padding)
         dtype = ctx.conv_dtype
         with torch.enable_grad(), autocast_context(x.device.type, ctx.autocast):
-            h = _chain_input(x_leaf, skip_leaf, ctx.layout, temporal, dtype, ctx.norm, *norm_leaves, act=ctx.act)
-            if ctx.drop > 0:
-                h = h * _redrawn_keep_mask(h, 1 - ctx.drop, ctx.generator_state) / (1 - ctx.drop)
+            pre = _chain_input(x_leaf, skip_leaf, ctx.layout, temporal, dtype, ctx.norm, *norm_leaves, act=False)
+        # The activation and the dropout run outside the recorded graph and their gradients in
+        # place: the backward pass then holds neither their outputs nor their gradients'
+        # intermediates beside the rest of the chain's (the same kernels autograd would run).
+        activated = ctx.act and ctx.norm is not None
+        h = F.silu(pre.detach()) if activated else pre.detach()
+        mask = None
+        if ctx.drop > 0:
+            mask = _redrawn_keep_mask(h, 1 - ctx.drop, ctx.generator_state)
+            h = h * mask / (1 - ctx.drop)
         grad_h, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad.to(dtype),
-            h.detach().to(dtype),
+            h.to(dtype),
             weight.to(dtype),
             ctx.bias_sizes,
             [1] * len(ctx.padding),
@@ -255,10 +271,19 @@ class _RecomputedChainConv(torch.autograd.Function):
             1,
             [any(chain_needs), needs[13], needs[14] and ctx.bias_sizes is not None],
         )
+        del h
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
         wanted = [t for t, n in zip(leaves, chain_needs, strict=True) if n and t is not None]
-        found = iter(torch.autograd.grad(h, wanted, grad_h.to(h.dtype)) if wanted else ())
+        found = iter(())
+        if wanted:
+            grad_pre = grad_h.to(pre.dtype)
+            del grad_h
+            if mask is not None:
+                grad_pre = grad_pre.div_(1 - ctx.drop).mul_(mask)
+            if activated:
+                grad_pre = torch.ops.aten.silu_backward.grad_input(grad_pre, pre.detach(), grad_input=grad_pre)
+            found = iter(torch.autograd.grad(pre, wanted, grad_pre))
         grad_x, grad_skip, grad_temporal_weight, grad_temporal_bias, *grad_norm = [
             next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)
         ]
@@ -309,7 +334,9 @@ def _chain_conv(
     gn_weight, gn_bias = (None, None) if gn is None else (gn.weight, gn.bias)
     temporal = None if temporal_first is None else temporal_first.temporal_half()
     if not torch.is_grad_enabled():
-        h = _chain_input(x, skip, layout, temporal, _conv_dtype(x), gn, gn_weight, gn_bias, scale, shift, act)
+        h = _chain_input(
+            x, skip, layout, temporal, _conv_dtype(x), gn, gn_weight, gn_bias, scale, shift, act, in_place=True
+        )
         h = F.dropout(h, drop, training=True) if drop else h
         return conv.spatial(h) if spatial_only else conv(h)
     weight, bias, padding, dilation = _conv_parts(conv)
