@@ -10,16 +10,28 @@ Prints the total and the largest producers.
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 
 import torch
 
 from mmdiffusion import CoupledUNet, CoupledUNetConfig
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class SavedForBackward:
+    """What one training forward at batch 1 keeps: bytes in all (each storage once), of which
+    the parameters, and bytes by the op that produced the kept tensor."""
+
+    total_bytes: int
+    parameter_bytes: int
+    producers: collections.Counter
+
+
+def count_saved_for_backward(config: CoupledUNetConfig) -> SavedForBackward:
     with torch.device("meta"):
-        model = CoupledUNet(CoupledUNetConfig.paper()).train()
-        video, audio = torch.zeros(1, 16, 3, 64, 64), torch.zeros(1, 1, 25_600)
+        model = CoupledUNet(config).train()
+        video = torch.zeros(1, config.frames, config.video_channels, config.image_size, config.image_size)
+        audio = torch.zeros(1, config.audio_channels, config.audio_length)
         timesteps = torch.zeros(1, dtype=torch.long)
     seen: dict[int, int] = {}
     producers: collections.Counter = collections.Counter()
@@ -34,8 +46,16 @@ def main() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(video, audio, timesteps)
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(f"saved for backward: {sum(seen.values()) / 1e9:.2f} GB (of which parameters {parameters / 1e9:.2f} GB)")
-    for name, size in producers.most_common(10):
+    return SavedForBackward(sum(seen.values()), parameters, producers)
+
+
+def main() -> None:
+    saved = count_saved_for_backward(CoupledUNetConfig.paper())
+    print(
+        f"saved for backward: {saved.total_bytes / 1e9:.2f} GB "
+        f"(of which parameters {saved.parameter_bytes / 1e9:.2f} GB)"
+    )
+    for name, size in saved.producers.most_common(10):
         print(f"  {name:48s} {size / 1e9:.2f} GB")
 
 
