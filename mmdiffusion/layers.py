@@ -283,6 +283,10 @@ class _RecomputedChainConv(torch.autograd.Function):
                 grad_pre = grad_pre.div_(1 - ctx.drop).mul_(mask)
             if activated:
                 grad_pre = torch.ops.aten.silu_backward.grad_input(grad_pre, pre.detach(), grad_input=grad_pre)
+            if ctx.norm is not None:
+                # `pre` is then the norm's (or scale-shift's) own output, which no node of the
+                # recorded graph keeps: only its grad_fn and shape are needed from here on.
+                pre.untyped_storage().resize_(0)
             found = iter(torch.autograd.grad(pre, wanted, grad_pre))
         grad_x, grad_skip, grad_temporal_weight, grad_temporal_bias, *grad_norm = [
             next(found) if n and t is not None else None for t, n in zip(leaves, chain_needs, strict=True)
