@@ -123,10 +123,8 @@ def autocast_context(device: str, state: AutocastState) -> contextlib.AbstractCo
 def _conv_dtype(h: torch.Tensor) -> torch.dtype:
     """The dtype a convolution of `h` runs in: the autocast dtype where autocast is on, else
     `h`'s own. Devices without autocast (`meta`, for counting) use the tensors' own dtype."""
-    device = h.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return h.dtype
+    state = autocast_state(h.device.type)
+    return state[1] if state is not None and state[0] else h.dtype
 
 
 def _generator_state(device: torch.device) -> torch.Tensor | None:
@@ -212,9 +210,8 @@ class _RecomputedChainConv(torch.autograd.Function):
         ctx.generator_state = None
         if drop > 0:
             ctx.generator_state = _generator_state(h.device)
-            mask = _keep_mask(h, 1 - drop)
-            # With a norm, `h` is the chain's own buffer (see `_norm_act`), else maybe its input.
-            h = h.mul_(mask).div_(1 - drop) if norm is not None else h * mask / (1 - drop)
+            # Dropout follows a norm (`norm_act_conv`), so `h` is the chain's own buffer.
+            h = h.mul_(_keep_mask(h, 1 - drop)).div_(1 - drop)
         ctx.layout, ctx.norm, ctx.act, ctx.drop, ctx.padding, ctx.dilation = layout, norm, act, drop, padding, dilation
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         ctx.save_for_backward(x, skip, temporal_weight, temporal_bias, gn_weight, gn_bias, scale, shift, weight)
@@ -343,15 +340,11 @@ def _chain_conv(
         )
         h = F.dropout(h, drop, training=True) if drop else h
         return conv.spatial(h) if spatial_only else conv(h)
-    weight, bias, padding, dilation = _conv_parts(conv)
-    temporal_weight, temporal_bias, temporal_padding = (None, None, 0) if temporal is None else temporal
     out = _RecomputedChainConv.apply(
         x,
         skip,
         layout,
-        temporal_weight,
-        temporal_bias,
-        temporal_padding,
+        *(temporal or (None, None, 0)),
         gn,
         gn_weight,
         gn_bias,
@@ -359,10 +352,7 @@ def _chain_conv(
         shift,
         act,
         drop,
-        weight,
-        bias,
-        padding,
-        dilation,
+        *_conv_parts(conv),  # weight, bias, padding, dilation
     )
     return conv.temporal(out) if isinstance(conv, VideoConv) and not spatial_only else out
 

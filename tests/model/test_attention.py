@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from mmdiffusion.attention import SelfAttention
+from mmdiffusion.attention import SelfAttention, chunked_attention
 from mmdiffusion.sr_unet import AttentionBlock
 
 
@@ -24,6 +24,14 @@ def test_self_attention_in_batch_chunks_equals_one_call() -> None:
         block.max_batch = 12  # 3 rows of 4 heads per call: chunks of 3, 3, 3 and 2
         chunked = block(x)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    # Its gradients, as training takes them off the CPU: the chunked calls' against one call's.
+    q, k, v = (torch.randn(11, 4, 16, 16, requires_grad=True) for _ in range(3))
+    whole = chunked_attention(q, k, v, max_batch=64)
+    whole_grads = torch.autograd.grad(whole.square().sum(), (q, k, v))
+    chunked = chunked_attention(q, k, v, max_batch=12)  # 3 rows of 4 heads per call
+    chunked_grads = torch.autograd.grad(chunked.square().sum(), (q, k, v))
+    for got, want in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def released_sr_attention(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
